@@ -1,0 +1,107 @@
+//! `shell`: a command run by `/bin/sh -c` in the work dir. Its output lines
+//! become log lines (stdout as info, stderr as warn); a non-zero exit fails
+//! the step. With `name`, the trimmed stdout becomes a named value.
+
+use crate::RunContext;
+use anyhow::{bail, Context};
+use flywheel_model::step::ShellStep;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+/// Longest log line kept; the rest of a longer line is cut.
+const MAX_LINE: usize = 16 * 1024;
+/// Log lines a single step may produce before the rest is only counted.
+const MAX_LOG_LINES: usize = 10_000;
+/// Most stdout kept for a named value.
+const MAX_CAPTURE: usize = 1024 * 1024;
+
+/// Kills the command's whole process group when dropped, so a timeout or a
+/// failure leaves no grandchild behind.
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+pub async fn run(ctx: &mut RunContext, index: u32, step: &ShellStep) -> anyhow::Result<()> {
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&step.command)
+        .current_dir(&ctx.work_dir)
+        .envs(&step.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .context("could not start /bin/sh")?;
+    let _guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let capture = step.name.is_some();
+    let out_task = tokio::spawn(pump(stdout, ctx.emitter.clone(), "info", index, capture));
+    let err_task = tokio::spawn(pump(stderr, ctx.emitter.clone(), "warn", index, false));
+    let status = child.wait().await.context("waiting for the command")?;
+    let captured = out_task.await.unwrap_or_default();
+    let _ = err_task.await;
+    if !status.success() {
+        match status.code() {
+            Some(code) => bail!("the command exited with status {code}"),
+            None => bail!("the command was killed by a signal"),
+        }
+    }
+    if let Some(name) = &step.name {
+        ctx.set_value(name, serde_json::Value::String(captured.trim().to_owned()));
+    }
+    Ok(())
+}
+
+/// Forwards lines from a pipe as log lines; returns the text if `capture`.
+async fn pump(
+    pipe: impl AsyncRead + Unpin,
+    emitter: crate::emit::Emitter,
+    level: &str,
+    step: u32,
+    capture: bool,
+) -> String {
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    let mut captured = String::new();
+    let mut lines = 0usize;
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&buf);
+        if capture && captured.len() < MAX_CAPTURE {
+            captured.push_str(&text);
+        }
+        lines += 1;
+        if lines <= MAX_LOG_LINES {
+            let mut line = text.trim_end_matches(['\n', '\r']).to_owned();
+            if line.len() > MAX_LINE {
+                let mut cut = MAX_LINE;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+                line.push_str(" …[line cut]");
+            }
+            emitter.log(level, line, Some(step));
+        }
+    }
+    if lines > MAX_LOG_LINES {
+        emitter.log("warn", format!("{} more output lines were not logged", lines - MAX_LOG_LINES), Some(step));
+    }
+    captured
+}

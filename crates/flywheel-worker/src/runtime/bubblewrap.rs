@@ -1,0 +1,262 @@
+//! The bubblewrap runtime: each execution in a fresh `bwrap` sandbox.
+//!
+//! The sandbox gets new PID, IPC, UTS (and, where possible, cgroup)
+//! namespaces; the system directories (`/usr` and the merged-usr links, a
+//! short list of files from `/etc`) read-only; a private `/tmp`, `/proc` and
+//! `/dev`; its own work dir at `/work` as the only writable place; the
+//! flywheel binary read-only at `/opt/flywheel/flywheel`; a clean environment
+//! and no capabilities. The data dir, the database and the API keys are not
+//! there. `--die-with-parent` plus the PID namespace mean the whole process
+//! tree dies with the sandbox, and with the server if the server is killed.
+
+use super::{Runtime, Sandbox, SandboxControl, SandboxError, SandboxSpec};
+use async_trait::async_trait;
+use flywheel_model::protocol::{SANDBOX_JOB_FILE, SANDBOX_WORK_DIR};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::process::{Child, Command};
+
+/// Where the flywheel binary appears inside the sandbox.
+const SANDBOX_EXE: &str = "/opt/flywheel/flywheel";
+
+/// Top-level directories bound read-only (or recreated as the same symlink).
+const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+
+/// What a sandbox may read from `/etc`: name resolution, certificates,
+/// users, time zone, the dynamic linker cache, fonts. Not shadow, not ssh,
+/// not anything of Flywheel's.
+const ETC_FILES: &[&str] = &[
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/alternatives",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/ca-certificates.conf",
+    "/etc/pki",
+    "/etc/fonts",
+    "/etc/mime.types",
+];
+
+/// Configuration of the bubblewrap runtime.
+#[derive(Debug, Clone)]
+pub struct BubblewrapConfig {
+    /// The `bwrap` program.
+    pub bwrap: PathBuf,
+    /// The flywheel binary to run as the agent.
+    pub agent_exe: PathBuf,
+    /// Host paths that must never be visible inside (the data dir), hidden
+    /// under an empty tmpfs if a system bind would expose them.
+    pub hidden_paths: Vec<PathBuf>,
+    /// Give the sandbox its own empty network namespace (no network at all).
+    pub isolate_network: bool,
+}
+
+pub struct BubblewrapRuntime {
+    config: BubblewrapConfig,
+}
+
+impl BubblewrapRuntime {
+    pub fn new(config: BubblewrapConfig) -> BubblewrapRuntime {
+        BubblewrapRuntime { config }
+    }
+
+    /// The bwrap arguments up to (not including) the command.
+    fn sandbox_args(&self, work_dir: &Path, execution: &str) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--die-with-parent",
+            "--new-session",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--hostname",
+            "flywheel-sandbox",
+            "--cap-drop",
+            "ALL",
+            "--clearenv",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        if self.config.isolate_network {
+            args.push("--unshare-net".into());
+        }
+        for (key, value) in [
+            ("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"),
+            ("HOME", SANDBOX_WORK_DIR),
+            ("TMPDIR", "/tmp"),
+            ("LANG", "C.UTF-8"),
+            ("FLYWHEEL_EXECUTION", execution),
+        ] {
+            args.extend(["--setenv".into(), key.into(), value.into()]);
+        }
+        for dir in SYSTEM_DIRS {
+            let path = Path::new(dir);
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(path) {
+                        args.extend(["--symlink".into(), target.to_string_lossy().into_owned(), (*dir).to_owned()]);
+                    }
+                }
+                Ok(meta) if meta.is_dir() => args.extend(["--ro-bind".into(), (*dir).to_owned(), (*dir).to_owned()]),
+                _ => {}
+            }
+        }
+        for file in ETC_FILES {
+            args.extend(["--ro-bind-try".into(), (*file).to_owned(), (*file).to_owned()]);
+        }
+        args.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].iter().map(|s| (*s).to_owned()));
+        // A data dir under a bound system directory must still be invisible.
+        for hidden in &self.config.hidden_paths {
+            if SYSTEM_DIRS.iter().any(|d| hidden.starts_with(d)) {
+                args.extend(["--tmpfs".into(), hidden.to_string_lossy().into_owned()]);
+            }
+        }
+        args.extend([
+            "--bind".into(),
+            work_dir.to_string_lossy().into_owned(),
+            SANDBOX_WORK_DIR.into(),
+            "--ro-bind".into(),
+            self.config.agent_exe.to_string_lossy().into_owned(),
+            SANDBOX_EXE.into(),
+            "--chdir".into(),
+            SANDBOX_WORK_DIR.into(),
+        ]);
+        args
+    }
+
+    fn spawn_error(&self, err: &std::io::Error) -> SandboxError {
+        if err.kind() == std::io::ErrorKind::NotFound {
+            SandboxError(format!(
+                "bubblewrap is not installed ({} was not found): install it with `apt-get install bubblewrap` \
+                 (Debian/Ubuntu) or `dnf install bubblewrap` (Fedora), or point --bwrap-path at it. \
+                 Flywheel never runs an execution unsandboxed.",
+                self.config.bwrap.display()
+            ))
+        } else {
+            SandboxError(format!("could not start bubblewrap ({}): {err}", self.config.bwrap.display()))
+        }
+    }
+}
+
+/// Adds advice to what bwrap said when it failed.
+fn explain_bwrap_failure(stderr: &str) -> String {
+    let said = stderr.trim();
+    let lower = said.to_lowercase();
+    let advice =
+        if lower.contains("namespace") || lower.contains("operation not permitted") || lower.contains("uid map") {
+            " This machine does not let bubblewrap create namespaces. Enable unprivileged user namespaces \
+         (`sysctl -w kernel.unprivileged_userns_clone=1` and `user.max_user_namespaces` > 0; on Ubuntu 24.04 also \
+         `kernel.apparmor_restrict_unprivileged_userns=0`), or run Flywheel as root, or in a container started \
+         with `--privileged` (or `--security-opt seccomp=unconfined --cap-add SYS_ADMIN`)."
+        } else {
+            ""
+        };
+    format!(
+        "bubblewrap could not create the sandbox: {}.{advice}",
+        if said.is_empty() { "no reason given" } else { said }
+    )
+}
+
+#[async_trait]
+impl Runtime for BubblewrapRuntime {
+    fn name(&self) -> &'static str {
+        "bubblewrap"
+    }
+
+    async fn probe(&self) -> Result<(), SandboxError> {
+        let dir = std::env::temp_dir().join(format!("flywheel-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| SandboxError(format!("could not create {}: {e}", dir.display())))?;
+        let mut args = self.sandbox_args(&dir, "probe");
+        args.extend(["--".into(), "/bin/true".into()]);
+        let output = Command::new(&self.config.bwrap).args(&args).stdin(Stdio::null()).output().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = output.map_err(|e| self.spawn_error(&e))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(SandboxError(explain_bwrap_failure(&String::from_utf8_lossy(&output.stderr))))
+        }
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
+        let mut args = self.sandbox_args(&spec.work_dir, &spec.execution.to_string());
+        args.extend(["--".into(), SANDBOX_EXE.into(), "agent".into(), "--job".into(), SANDBOX_JOB_FILE.into()]);
+        // The bwrap process is spawned from a runtime worker thread, which
+        // lives as long as the server: --die-with-parent ties the sandbox to
+        // the server process, not to a short-lived thread.
+        let mut child = Command::new(&self.config.bwrap)
+            .args(&args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| self.spawn_error(&e))?;
+        let stdout = child.stdout.take().ok_or_else(|| SandboxError("no stdout pipe".into()))?;
+        let stderr = child.stderr.take().ok_or_else(|| SandboxError("no stderr pipe".into()))?;
+        let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        Ok(Sandbox {
+            stdout: Box::new(stdout),
+            stderr: Box::new(stderr),
+            control: Box::new(BubblewrapControl { child, pgid, exit: None }),
+        })
+    }
+
+    fn diagnose_early_exit(&self, stderr: &str, exit_code: Option<i32>) -> String {
+        if stderr.contains("bwrap:") {
+            explain_bwrap_failure(stderr)
+        } else {
+            let code = exit_code.map_or_else(|| "a signal".to_owned(), |c| format!("status {c}"));
+            let said = stderr.trim();
+            format!(
+                "the sandbox ended ({code}) before the agent started{}",
+                if said.is_empty() { String::new() } else { format!(": {said}") }
+            )
+        }
+    }
+}
+
+struct BubblewrapControl {
+    child: Child,
+    pgid: Option<Pid>,
+    exit: Option<Option<i32>>,
+}
+
+#[async_trait]
+impl SandboxControl for BubblewrapControl {
+    async fn kill(&mut self) {
+        // Killing bwrap's process group ends the outer bwrap; its inner
+        // init (PID 1 of the sandbox) dies with it (--die-with-parent), and
+        // the kernel kills everything else in the PID namespace.
+        if let Some(pgid) = self.pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+        let _ = self.child.start_kill();
+    }
+
+    async fn wait(&mut self) -> Option<i32> {
+        if let Some(exit) = self.exit {
+            return exit;
+        }
+        let code = self.child.wait().await.ok().and_then(|s| s.code());
+        self.exit = Some(code);
+        code
+    }
+}

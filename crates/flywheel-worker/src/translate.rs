@@ -1,0 +1,176 @@
+//! Turns the agent's events into what the store records: log entries,
+//! counter increments, the output object and the way the run ended.
+
+use flywheel_model::log::{LogKind, LogLevel, NewLogEntry};
+use flywheel_model::protocol::AgentEvent;
+use flywheel_model::{ErrorCode, ExecutionError};
+use flywheel_store::records::Progress;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+/// What the worker learned from the agent so far.
+#[derive(Debug, Default)]
+pub struct RunState {
+    /// The agent said `started`.
+    pub started: bool,
+    /// The agent said `finished`, with this result.
+    pub finished: Option<bool>,
+    /// The first error the agent reported.
+    pub error: Option<ExecutionError>,
+    /// Named output values, in the order they were set.
+    pub output: Map<String, Value>,
+    /// Artifacts announced by the agent, waiting to be stored: (name, kind, step).
+    pub pending_artifacts: Vec<(String, String, Option<u32>)>,
+    /// Step labels by index, to name steps in later entries.
+    step_labels: HashMap<u32, String>,
+}
+
+impl RunState {
+    /// Records one event; returns what to persist for it.
+    pub fn apply(&mut self, event: AgentEvent, progress: &mut Progress) {
+        match event {
+            AgentEvent::Started { agent_version } => {
+                self.started = true;
+                progress.entries.push(NewLogEntry::new(
+                    LogKind::Log,
+                    LogLevel::Debug,
+                    format!("agent {agent_version} started"),
+                ));
+            }
+            AgentEvent::StepStarted { index, kind, label } => {
+                progress.add_steps += 1;
+                let message = if label == kind {
+                    format!("Step {} ({kind}) started", index + 1)
+                } else {
+                    format!("Step {} ({kind}: {label}) started", index + 1)
+                };
+                progress.entries.push(
+                    NewLogEntry::new(LogKind::Step, LogLevel::Info, message)
+                        .with_step(Some(index))
+                        .with_data(json!({"event": "started", "index": index, "kind": kind, "label": label})),
+                );
+                self.step_labels.insert(index, label);
+            }
+            AgentEvent::StepFinished { index, ok, duration_ms, error } => {
+                let label = self.step_labels.get(&index).cloned().unwrap_or_default();
+                let (level, message) = match &error {
+                    None => (LogLevel::Info, format!("Step {} ({label}) finished in {duration_ms} ms", index + 1)),
+                    Some(err) => {
+                        (LogLevel::Error, format!("Step {} ({label}) failed after {duration_ms} ms: {err}", index + 1))
+                    }
+                };
+                progress.entries.push(
+                    NewLogEntry::new(LogKind::Step, level, message).with_step(Some(index)).with_data(json!({
+                        "event": "finished", "index": index, "ok": ok, "duration_ms": duration_ms, "error": error,
+                    })),
+                );
+            }
+            AgentEvent::Log { level, message, step } => {
+                progress.entries.push(NewLogEntry::new(LogKind::Log, LogLevel::parse(&level), message).with_step(step));
+            }
+            AgentEvent::Action { step, action, target, outcome, duration_ms } => {
+                progress.add_agent_actions += 1;
+                let target_text = target.as_ref().map(|t| format!(" {t}")).unwrap_or_default();
+                progress.entries.push(
+                    NewLogEntry::new(
+                        LogKind::Action,
+                        LogLevel::Info,
+                        format!("{action}{target_text}: {outcome} ({duration_ms} ms)"),
+                    )
+                    .with_step(step)
+                    .with_data(
+                        json!({"action": action, "target": target, "outcome": outcome, "duration_ms": duration_ms}),
+                    ),
+                );
+            }
+            AgentEvent::Output { name, value } => {
+                progress.entries.push(
+                    NewLogEntry::new(LogKind::Output, LogLevel::Info, format!("output {name} set"))
+                        .with_data(json!({"name": name, "value": value})),
+                );
+                self.output.insert(name, value);
+            }
+            AgentEvent::Artifact { name, kind, step } => {
+                self.pending_artifacts.push((name, kind, step));
+            }
+            AgentEvent::Error { code, message, step } => {
+                progress.entries.push(
+                    NewLogEntry::new(LogKind::Error, LogLevel::Error, message.clone())
+                        .with_step(step)
+                        .with_data(json!({"code": code})),
+                );
+                if self.error.is_none() {
+                    self.error = Some(ExecutionError::new(code, message));
+                }
+            }
+            AgentEvent::Finished { ok } => {
+                self.finished = Some(ok);
+            }
+        }
+    }
+
+    /// A line the agent wrote that is not an event: kept as a warning.
+    pub fn apply_garbage(&mut self, line: &str, progress: &mut Progress) {
+        progress.entries.push(NewLogEntry::new(LogKind::Log, LogLevel::Warn, format!("agent: {line}")));
+    }
+
+    /// How the run ended, judged from the events alone: `None` = completed.
+    /// `early_exit` explains a sandbox that never started its agent.
+    pub fn outcome(
+        &self,
+        exit_code: Option<i32>,
+        early_exit: impl FnOnce() -> String,
+        stderr_tail: &str,
+    ) -> Option<ExecutionError> {
+        match self.finished {
+            Some(true) if self.error.is_none() => None,
+            Some(_) => Some(self.error.clone().unwrap_or_else(|| {
+                ExecutionError::new(ErrorCode::AgentError, "the agent reported a failure without saying why")
+            })),
+            None if !self.started => Some(ExecutionError::new(ErrorCode::SandboxError, early_exit())),
+            None => {
+                let code = exit_code.map_or_else(|| "killed by a signal".to_owned(), |c| format!("exit status {c}"));
+                let tail = stderr_tail.trim();
+                let detail = if tail.is_empty() { String::new() } else { format!("; it said: {tail}") };
+                Some(ExecutionError::new(
+                    ErrorCode::AgentError,
+                    format!("the agent ended unexpectedly ({code}){detail}"),
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_outcomes() {
+        let mut state = RunState::default();
+        let mut progress = Progress::default();
+        state.apply(AgentEvent::Started { agent_version: "1".into() }, &mut progress);
+        state.apply(AgentEvent::StepStarted { index: 0, kind: "shell".into(), label: "shell".into() }, &mut progress);
+        state.apply(AgentEvent::Output { name: "x".into(), value: json!(1) }, &mut progress);
+        state.apply(
+            AgentEvent::Action {
+                step: Some(0),
+                action: "click".into(),
+                target: None,
+                outcome: "ok".into(),
+                duration_ms: 3,
+            },
+            &mut progress,
+        );
+        assert_eq!((progress.add_steps, progress.add_agent_actions), (1, 1));
+        assert_eq!(state.output.get("x"), Some(&json!(1)));
+        assert_eq!(state.outcome(Some(0), String::new, "").unwrap().code, ErrorCode::AgentError, "no finished event");
+        state.apply(AgentEvent::Finished { ok: true }, &mut progress);
+        assert!(state.outcome(Some(0), String::new, "").is_none());
+
+        let never_started = RunState::default();
+        let err = never_started.outcome(Some(1), || "bwrap: boom".into(), "").unwrap();
+        assert_eq!(err.code, ErrorCode::SandboxError);
+        assert_eq!(err.message, "bwrap: boom");
+    }
+}
