@@ -54,9 +54,15 @@ impl FieldError {
 
     /// Converts a serde error that knows its path into a field error.
     pub fn from_serde_path(err: serde_path_to_error::Error<serde_json::Error>) -> Self {
-        let loc = path_segments(err.path());
-        let inner = err.into_inner();
-        FieldError::new(loc, "value_error", clean_serde_message(&inner.to_string()))
+        let mut loc = path_segments(err.path());
+        let msg = clean_serde_message(&err.into_inner().to_string());
+        // Point at the missing field itself, as FastAPI does.
+        if let Some(field) = msg.strip_prefix("missing field `").and_then(|r| r.strip_suffix('`')) {
+            loc.push(LocSegment::Key(field.to_owned()));
+            return FieldError::new(loc, "missing", "Field required");
+        }
+        let kind = if msg.starts_with("invalid type") { "type_error" } else { "value_error" };
+        FieldError::new(loc, kind, msg)
     }
 }
 

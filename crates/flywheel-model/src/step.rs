@@ -513,8 +513,8 @@ mod tests {
     #[test]
     fn errors_point_at_the_field() {
         let err = parse(json!({"set": {"name": "x"}})).unwrap_err();
-        assert_eq!(err.loc, vec![LocSegment::Key("set".into())]);
-        assert!(err.msg.contains("value"), "{}", err.msg);
+        assert_eq!(err.loc, vec![LocSegment::Key("set".into()), LocSegment::Key("value".into())]);
+        assert_eq!((err.kind.as_str(), err.msg.as_str()), ("missing", "Field required"));
 
         let err = parse(json!({"http": {"url": "http://x", "methd": "GET"}})).unwrap_err();
         assert!(err.msg.contains("methd"), "{}", err.msg);

@@ -1,0 +1,223 @@
+//! `/api/workflows/{id}/execute` (and `/run`) and `/api/executions`: create,
+//! list, get with logs, retry, stop, and paged logs.
+
+use super::workflows::parse_version_ref;
+use super::{execution_id, page_limit, query_param, QueryMap};
+use crate::error::{ApiError, ApiResult, MaybeJson};
+use crate::views::{ErrorBody, Execution, ExecutionPage, LogEntryView, LogPage};
+use crate::App;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use flywheel_model::field_error::LocSegment;
+use flywheel_model::{ErrorCode, ExecutionError, ExecutionStatus, Specification};
+use flywheel_store::records::{ExecutionFilter, ExecutionLimits, NewExecution, Page};
+use flywheel_store::StoreError;
+use flywheel_worker::signals::StopReason;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Body of `POST /api/workflows/{id}/execute`.
+#[derive(Debug, Deserialize, ToSchema, Default)]
+pub struct ExecuteWorkflow {
+    /// The input payload (an object); `{{ input.* }}` in steps.
+    #[serde(rename = "inputPayload", default)]
+    #[schema(value_type = Option<Object>)]
+    pub input_payload_camel: Option<Value>,
+    /// Alias of `inputPayload`.
+    #[serde(rename = "input_payload", default)]
+    #[schema(value_type = Option<Object>)]
+    pub input_payload: Option<Value>,
+    /// Run this version (number or version uuid) instead of the current one.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub version: Option<Value>,
+}
+
+#[utoipa::path(post, path = "/api/workflows/{id}/execute", tag = "executions", request_body = ExecuteWorkflow,
+    params(("id" = String, Path, description = "workflow uuid or slug")),
+    responses((status = 201, body = Execution, description = "durably queued"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn execute_workflow(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    MaybeJson(body): MaybeJson<ExecuteWorkflow>,
+) -> ApiResult<(StatusCode, Json<Execution>)> {
+    let body = body.unwrap_or_default();
+    let workflow = app.store.get_workflow(&id).await?;
+    let version = match &body.version {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_version_ref(v).ok_or_else(|| {
+            ApiError::field(&["body", "version"], "value_error", "version must be a version number or a version uuid")
+        })?),
+    };
+    let (version_uuid, spec_value) = match version {
+        None => (workflow.current_version_uuid, workflow.specification),
+        Some(v) => {
+            let record = app.store.get_version(workflow.uuid, v).await?;
+            (record.uuid, record.specification)
+        }
+    };
+    let spec = Specification::parse(&spec_value)
+        .map_err(|e| {
+            ApiError::Internal(anyhow::anyhow!("stored specification of {version_uuid} no longer parses: {e:?}"))
+        })?
+        .spec;
+
+    let (input, field) = match (body.input_payload_camel, body.input_payload) {
+        (Some(v), _) => (v, "inputPayload"),
+        (None, Some(v)) => (v, "input_payload"),
+        (None, None) => (Value::Object(Map::new()), "inputPayload"),
+    };
+    let input = match input {
+        Value::Null => Value::Object(Map::new()),
+        v @ Value::Object(_) => v,
+        _ => return Err(ApiError::field(&["body", field], "type_error", format!("{field} must be an object"))),
+    };
+    let mut warnings = Vec::new();
+    if let Some(schema) = &spec.payload_schema {
+        let loc: [LocSegment; 2] = ["body".into(), field.into()];
+        let violations = app.payload_validators.validate(version_uuid, schema, &input, &loc).map_err(|msg| {
+            ApiError::Internal(anyhow::anyhow!("payload_schema of {version_uuid} does not compile: {msg}"))
+        })?;
+        if !violations.is_empty() {
+            if spec.strict_payload {
+                return Err(ApiError::Validation(violations));
+            }
+            warnings.extend(violations.iter().map(ToString::to_string));
+        }
+    }
+    let new = NewExecution {
+        uuid: Uuid::now_v7(),
+        workflow_uuid: workflow.uuid,
+        version_uuid,
+        input_payload: input,
+        warnings,
+        limits: ExecutionLimits {
+            timeout_ms: (spec.timeout_secs * 1000.0).round() as i64,
+            retry_attempts: i64::from(spec.retry_attempts),
+            concurrency: spec.concurrency.map(i64::from),
+        },
+    };
+    let record = app.store.create_execution(new).await?;
+    app.signals.wake_dispatcher();
+    app.signals.log_appended(record.uuid);
+    metrics::counter!("flywheel_executions_created_total").increment(1);
+    let mut view = Execution::from_record(record, &app.signer);
+    view.execution_id = Some(view.execution_uuid);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[utoipa::path(post, path = "/api/workflows/{id}/run", tag = "executions", request_body = ExecuteWorkflow,
+    params(("id" = String, Path, description = "workflow uuid or slug")),
+    responses((status = 201, body = Execution, description = "alias of execute"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn run_workflow(
+    state: State<Arc<App>>,
+    path: Path<String>,
+    MaybeJson(body): MaybeJson<ExecuteWorkflow>,
+) -> ApiResult<(StatusCode, Json<Execution>)> {
+    execute_workflow(state, path, MaybeJson(body)).await
+}
+
+#[utoipa::path(get, path = "/api/executions", tag = "executions",
+    params(
+        ("workflow_uuid" = Option<String>, Query, description = "only this workflow's"),
+        ("status" = Option<String>, Query, description = "only in this status"),
+        ("limit" = Option<i64>, Query, description = "1 to 200, default 50"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = ExecutionPage, description = "newest first"), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn list_executions(
+    State(app): State<Arc<App>>,
+    Query(query): Query<QueryMap>,
+) -> ApiResult<Json<ExecutionPage>> {
+    let filter = ExecutionFilter {
+        workflow_uuid: query_param::<Uuid>(&query, "workflow_uuid", "a workflow uuid")?,
+        status: query_param::<ExecutionStatus>(
+            &query,
+            "status",
+            "one of pending, queued, running, paused, completed, failed",
+        )?,
+    };
+    let page = Page { limit: page_limit(&query, 50, 200)?, cursor: query.get("cursor").cloned() };
+    let paged = app.store.list_executions(filter, page).await?;
+    Ok(Json(ExecutionPage {
+        items: paged.items.into_iter().map(|r| Execution::from_record(r, &app.signer)).collect(),
+        next_cursor: paged.next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/executions/{id}", tag = "executions",
+    params(("id" = String, Path, description = "execution uuid")),
+    responses((status = 200, body = Execution, description = "with its logs"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_execution(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Execution>> {
+    let id = execution_id(&id)?;
+    let record = app.store.get_execution(id).await?;
+    let (logs, total) = app.store.tail_logs(id, app.config.inline_log_limit).await?;
+    let mut view = Execution::from_record(record, &app.signer);
+    view.logs_truncated = Some(total > logs.len() as i64);
+    view.logs = Some(logs.into_iter().map(LogEntryView::from).collect());
+    Ok(Json(view))
+}
+
+#[utoipa::path(post, path = "/api/executions/{id}/retry", tag = "executions",
+    params(("id" = String, Path, description = "execution uuid")),
+    responses((status = 201, body = Execution, description = "the new execution; the old one is stopped first if still active"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn retry_execution(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Execution>)> {
+    let id = execution_id(&id)?;
+    let outcome = app.store.retry_execution(id).await?;
+    if outcome.stopped_old {
+        app.signals.stop(id, StopReason::Stopped);
+    }
+    app.signals.log_appended(id);
+    app.signals.log_appended(outcome.new.uuid);
+    app.signals.wake_dispatcher();
+    let mut view = Execution::from_record(outcome.new, &app.signer);
+    view.execution_id = Some(view.execution_uuid);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[utoipa::path(post, path = "/api/executions/{id}/stop", tag = "executions",
+    params(("id" = String, Path, description = "execution uuid")),
+    responses((status = 200, body = Execution, description = "failed with error.code = stopped"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already completed or failed")))]
+pub async fn stop_execution(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Execution>> {
+    let id = execution_id(&id)?;
+    let record = match app.store.fail_execution(id, ExecutionError::new(ErrorCode::Stopped, "stopped on request")).await
+    {
+        Ok(record) => record,
+        Err(StoreError::Transition(t)) => {
+            return Err(ApiError::Conflict(format!(
+                "Execution is already {}; only an active execution can be stopped",
+                t.from
+            )))
+        }
+        Err(err) => return Err(err.into()),
+    };
+    app.signals.stop(id, StopReason::Stopped);
+    app.signals.log_appended(id);
+    Ok(Json(Execution::from_record(record, &app.signer)))
+}
+
+#[utoipa::path(get, path = "/api/executions/{id}/logs", tag = "executions",
+    params(("id" = String, Path, description = "execution uuid"),
+        ("after" = Option<i64>, Query, description = "only entries with a larger seq (default 0)"),
+        ("limit" = Option<i64>, Query, description = "1 to 1000, default 200")),
+    responses((status = 200, body = LogPage), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_logs(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(query): Query<QueryMap>,
+) -> ApiResult<Json<LogPage>> {
+    let id = execution_id(&id)?;
+    let after = query_param::<i64>(&query, "after", "a sequence number")?.unwrap_or(0);
+    let limit = page_limit(&query, 200, 1000)?;
+    // A 404 for unknown executions rather than an empty page.
+    app.store.get_execution(id).await?;
+    let entries = app.store.list_logs(id, after, limit).await?;
+    let next_after = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.seq)).flatten();
+    Ok(Json(LogPage { items: entries.into_iter().map(LogEntryView::from).collect(), next_after }))
+}

@@ -1,0 +1,292 @@
+//! `/api/workflows`: create, list, get (by uuid or slug), patch (a changed
+//! specification publishes a new version), delete (stopping active
+//! executions first), and versions.
+
+use super::{page_limit, QueryMap};
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::views::{ErrorBody, VersionList, Workflow, WorkflowPage, WorkflowVersion};
+use crate::{payload, App};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use flywheel_model::field_error::LocSegment;
+use flywheel_model::{ErrorCode, ExecutionError, FieldError, ParsedSpecification, Specification};
+use flywheel_store::records::{NewWorkflow, Page, VersionRef, WorkflowPatch};
+use flywheel_store::StoreError;
+use flywheel_worker::signals::StopReason;
+use serde::Deserialize;
+use serde_json::Value;
+use std::sync::Arc;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Body of `POST /api/workflows`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateWorkflow {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Lowercase letters, digits and dashes; derived from the name if absent.
+    #[serde(default)]
+    pub slug: Option<String>,
+    /// The specification (YAML keys as JSON).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub specification: Option<Value>,
+    /// Alias of `specification`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub configuration: Option<Value>,
+}
+
+/// Body of `PATCH /api/workflows/{id}`: only what is given changes.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateWorkflow {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub slug: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub specification: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub configuration: Option<Value>,
+}
+
+/// Validates a specification from a request body, including its JSON Schemas.
+pub fn validate_specification(spec: &Value) -> Result<ParsedSpecification, ApiError> {
+    let prefix: [LocSegment; 2] = ["body".into(), "specification".into()];
+    let parsed = Specification::parse(spec)
+        .map_err(|errors| ApiError::Validation(errors.into_iter().map(|e| e.prefixed(&prefix)).collect()))?;
+    let mut errors = Vec::new();
+    for (key, schema) in
+        [("payload_schema", &parsed.spec.payload_schema), ("output_schema", &parsed.spec.output_schema)]
+    {
+        if let Some(schema) = schema {
+            if let Err(msg) = payload::check_schema(schema) {
+                errors.push(
+                    FieldError::new(
+                        vec![key.into()],
+                        "value_error",
+                        format!("{key} is not a valid JSON Schema: {msg}"),
+                    )
+                    .prefixed(&prefix),
+                );
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+fn pick_specification(specification: Option<Value>, configuration: Option<Value>) -> Option<Value> {
+    specification.filter(|v| !v.is_null()).or(configuration.filter(|v| !v.is_null()))
+}
+
+fn validate_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::field(&["body", "name"], "value_error", "name must have 1 to 200 characters"));
+    }
+    Ok(name.to_owned())
+}
+
+fn validate_slug(slug: &str) -> Result<String, ApiError> {
+    let ok = !slug.is_empty()
+        && slug.len() <= 100
+        && slug.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !slug.starts_with('-')
+        && Uuid::parse_str(slug).is_err();
+    if ok {
+        Ok(slug.to_owned())
+    } else {
+        Err(ApiError::field(
+            &["body", "slug"],
+            "value_error",
+            "slug must be 1 to 100 lowercase letters, digits and dashes, not starting with a dash",
+        ))
+    }
+}
+
+/// `Invoice Download (EU)` → `invoice-download-eu`.
+pub fn slugify(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    let slug: String = slug.trim_end_matches('-').chars().take(80).collect();
+    if slug.is_empty() {
+        "workflow".to_owned()
+    } else {
+        slug
+    }
+}
+
+#[utoipa::path(post, path = "/api/workflows", tag = "workflows", request_body = CreateWorkflow,
+    responses((status = 201, body = Workflow), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_workflow(
+    State(app): State<Arc<App>>,
+    ApiJson(body): ApiJson<CreateWorkflow>,
+) -> ApiResult<(StatusCode, Json<Workflow>)> {
+    let name = validate_name(&body.name)?;
+    let spec = pick_specification(body.specification, body.configuration)
+        .ok_or_else(|| ApiError::field(&["body", "specification"], "missing", "Field required"))?;
+    let parsed = validate_specification(&spec)?;
+    let explicit_slug = body.slug.as_deref().map(validate_slug).transpose()?;
+    let base_slug = explicit_slug.clone().unwrap_or_else(|| slugify(&name));
+    let mut attempt = 1;
+    let record = loop {
+        let slug = if attempt == 1 { base_slug.clone() } else { format!("{base_slug}-{attempt}") };
+        let new = NewWorkflow {
+            uuid: Uuid::now_v7(),
+            version_uuid: Uuid::now_v7(),
+            name: name.clone(),
+            slug,
+            description: body.description.clone().unwrap_or_default(),
+            specification: parsed.normalized.clone(),
+        };
+        match app.store.create_workflow(new).await {
+            Err(StoreError::Conflict(_)) if explicit_slug.is_none() && attempt < 100 => attempt += 1,
+            other => break other?,
+        }
+    };
+    let versions = app.store.list_versions(record.uuid).await?;
+    let mut view = Workflow::from_record(record);
+    view.versions = Some(versions.into_iter().map(WorkflowVersion::from).collect());
+    view.warnings = Some(parsed.warnings);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[utoipa::path(get, path = "/api/workflows", tag = "workflows",
+    params(("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = WorkflowPage), (status = 401, body = ErrorBody)))]
+pub async fn list_workflows(
+    State(app): State<Arc<App>>,
+    Query(query): Query<QueryMap>,
+) -> ApiResult<Json<WorkflowPage>> {
+    let page = Page { limit: page_limit(&query, 50, 200)?, cursor: query.get("cursor").cloned() };
+    let paged = app.store.list_workflows(page).await?;
+    Ok(Json(WorkflowPage {
+        items: paged.items.into_iter().map(Workflow::from_record).collect(),
+        next_cursor: paged.next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows",
+    params(("id" = String, Path, description = "workflow uuid or slug")),
+    responses((status = 200, body = Workflow), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_workflow(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Workflow>> {
+    let record = app.store.get_workflow(&id).await?;
+    let versions = app.store.list_versions(record.uuid).await?;
+    let mut view = Workflow::from_record(record);
+    view.versions = Some(versions.into_iter().map(WorkflowVersion::from).collect());
+    Ok(Json(view))
+}
+
+#[utoipa::path(patch, path = "/api/workflows/{id}", tag = "workflows", request_body = UpdateWorkflow,
+    params(("id" = String, Path, description = "workflow uuid or slug")),
+    responses((status = 200, body = Workflow), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update_workflow(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateWorkflow>,
+) -> ApiResult<Json<Workflow>> {
+    let current = app.store.get_workflow(&id).await?;
+    let name = body.name.as_deref().map(validate_name).transpose()?;
+    let slug = body.slug.as_deref().map(validate_slug).transpose()?;
+    let parsed =
+        pick_specification(body.specification, body.configuration).map(|s| validate_specification(&s)).transpose()?;
+    let patch = WorkflowPatch {
+        name,
+        slug,
+        description: body.description,
+        specification: parsed.as_ref().map(|p| p.normalized.clone()),
+        new_version_uuid: Uuid::now_v7(),
+    };
+    let record = app.store.update_workflow(current.uuid, patch).await?;
+    let versions = app.store.list_versions(record.uuid).await?;
+    let mut view = Workflow::from_record(record);
+    view.versions = Some(versions.into_iter().map(WorkflowVersion::from).collect());
+    view.warnings = Some(parsed.map(|p| p.warnings).unwrap_or_default());
+    Ok(Json(view))
+}
+
+#[utoipa::path(delete, path = "/api/workflows/{id}", tag = "workflows",
+    params(("id" = String, Path, description = "workflow uuid or slug")),
+    responses((status = 204, description = "deleted, with its versions, executions and artifacts"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_workflow(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let workflow = app.store.get_workflow(&id).await?;
+    // Stop first, so no sandbox outlives its records.
+    for execution in app.store.active_executions_of(workflow.uuid).await? {
+        let error = ExecutionError::new(ErrorCode::Stopped, "the workflow was deleted");
+        match app.store.fail_execution(execution, error).await {
+            Ok(_) | Err(StoreError::Transition(_)) | Err(StoreError::NotFound(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
+        app.signals.stop(execution, StopReason::Stopped);
+    }
+    let executions = app.store.delete_workflow(workflow.uuid).await?;
+    for execution in executions {
+        if let Err(err) = app.artifacts.delete_execution(execution).await {
+            tracing::warn!(%execution, error = %err, "could not delete artifacts of a deleted workflow");
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/workflows/{id}/versions", tag = "workflows",
+    params(("id" = String, Path, description = "workflow uuid or slug")),
+    responses((status = 200, body = VersionList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_versions(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<VersionList>> {
+    let workflow = app.store.get_workflow(&id).await?;
+    let versions = app.store.list_versions(workflow.uuid).await?;
+    Ok(Json(VersionList { items: versions.into_iter().map(WorkflowVersion::from).collect() }))
+}
+
+#[utoipa::path(get, path = "/api/workflows/{id}/version/{version_uuid}", tag = "workflows",
+    params(("id" = String, Path, description = "workflow uuid or slug"), ("version_uuid" = String, Path, description = "version uuid, or the version number")),
+    responses((status = 200, body = WorkflowVersion), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_version(
+    State(app): State<Arc<App>>,
+    Path((id, version)): Path<(String, String)>,
+) -> ApiResult<Json<WorkflowVersion>> {
+    let workflow = app.store.get_workflow(&id).await?;
+    let version = parse_version_ref(&Value::String(version)).ok_or_else(|| ApiError::not_found("workflow version"))?;
+    Ok(Json(app.store.get_version(workflow.uuid, version).await?.into()))
+}
+
+/// A version given as a number (`2`, `"2"`) or a uuid.
+pub fn parse_version_ref(value: &Value) -> Option<VersionRef> {
+    match value {
+        Value::Number(n) => n.as_i64().map(VersionRef::Number),
+        Value::String(s) => {
+            s.parse::<i64>().ok().map(VersionRef::Number).or_else(|| Uuid::parse_str(s).ok().map(VersionRef::Uuid))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_derived_from_names() {
+        assert_eq!(slugify("Invoice Download (EU)"), "invoice-download-eu");
+        assert_eq!(slugify("  --  "), "workflow");
+        assert_eq!(slugify("Ärger"), "rger");
+        assert!(validate_slug("ok-slug-2").is_ok());
+        assert!(validate_slug("Bad Slug").is_err());
+        assert!(validate_slug(&Uuid::now_v7().to_string()).is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! `flywheel`: one binary for everything.
+//!
+//! - `flywheel serve`: the API, the dispatcher and its workers, on SQLite in
+//!   the data dir (see [`serve`]).
+//! - `flywheel agent`: what runs inside a sandbox (not for people).
+//! - `flywheel workflows …`, `flywheel execute …`, `flywheel executions …`:
+//!   the client, talking to a server over HTTP (see [`client`]).
+//!
+//! This file holds only the command tree and the dispatch to those modules.
+
+mod client;
+mod examples;
+mod output;
+mod serve;
+mod sse;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "flywheel",
+    version,
+    about = "Run AI computer-use agents as workflows",
+    long_about = "Flywheel runs workflows (a prompt for an agent, deterministic steps, or both) as executions: \
+each is queued durably, runs in its own sandbox, and every log line, action, artifact and output is recorded.\n\n\
+Start a server with `flywheel serve`, then use the client commands against it. The client reads the server's \
+address from FLYWHEEL_URL (default http://127.0.0.1:8080) and the API key from FLYWHEEL_API_KEY (default: the \
+key file ./data/api-key that `flywheel serve` writes on first start)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server: API, dispatcher and sandboxed workers.
+    Serve(serve::ServeArgs),
+    /// Run one job inside a sandbox (started by the worker, not by people).
+    #[command(hide = true)]
+    Agent {
+        /// The job file.
+        #[arg(long)]
+        job: PathBuf,
+    },
+    /// Create, list and inspect workflows.
+    #[command(subcommand)]
+    Workflows(WorkflowsCommand),
+    /// Execute a workflow with an input payload.
+    Execute(ExecuteArgs),
+    /// List, inspect, follow, retry and stop executions.
+    #[command(subcommand)]
+    Executions(ExecutionsCommand),
+}
+
+/// How the client reaches the server.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// Server URL.
+    #[arg(long, env = "FLYWHEEL_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// API key (default: the contents of ./data/api-key, if that file exists).
+    #[arg(long = "api-key", env = "FLYWHEEL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print the server's JSON instead of a human summary (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum WorkflowsCommand {
+    /// Create a workflow from a YAML or JSON file.
+    ///
+    /// The file holds `name`, optional `description` and `slug`, and
+    /// `specification`; a file without `specification` is taken as the
+    /// specification itself, with `name` beside it.
+    Create {
+        /// The file (`-` for stdin).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List workflows.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one workflow (by uuid or slug) with its specification and versions.
+    Get {
+        workflow: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a workflow with its versions, executions and artifacts.
+    Delete {
+        workflow: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct ExecuteArgs {
+    /// Workflow uuid or slug.
+    pub workflow: String,
+    /// Input payload as JSON (an object), or @FILE to read it from a file.
+    #[arg(long, short = 'i', default_value = "{}")]
+    pub input: String,
+    /// Run this version (number or version uuid) instead of the current one.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Wait until the execution ends, showing its progress; exit 1 if it failed.
+    #[arg(long, short = 'w')]
+    pub wait: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+pub enum ExecutionsCommand {
+    /// List executions, newest first.
+    List {
+        /// Only this workflow's (uuid or slug).
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only in this status (pending, queued, running, paused, completed, failed).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one execution: status, timing, counters, output, error.
+    Get {
+        execution: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print an execution's log; --follow streams it until the execution ends.
+    Logs {
+        execution: String,
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Retry an execution (a new one, same version and input; an active one is stopped first).
+    Retry {
+        execution: String,
+        /// Wait for the new execution to end.
+        #[arg(long, short = 'w')]
+        wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop an active execution.
+    Stop {
+        execution: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent { job } => run_agent(&job),
+        Command::Serve(args) => serve::main(args),
+        Command::Workflows(cmd) => client::run(client::ClientCommand::Workflows(cmd)),
+        Command::Execute(args) => client::run(client::ClientCommand::Execute(args)),
+        Command::Executions(cmd) => client::run(client::ClientCommand::Executions(cmd)),
+    }
+}
+
+/// The agent runs on a single-threaded runtime: it starts faster and one
+/// execution needs no more.
+fn run_agent(job: &std::path::Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("flywheel agent: could not start a runtime: {err}");
+            return ExitCode::from(70);
+        }
+    };
+    match runtime.block_on(flywheel_agent::run_job_file(job)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("flywheel agent: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
