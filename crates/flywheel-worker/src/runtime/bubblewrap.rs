@@ -133,6 +133,10 @@ impl BubblewrapRuntime {
             "--ro-bind".into(),
             self.config.agent_exe.to_string_lossy().into_owned(),
             SANDBOX_EXE.into(),
+            // The root bwrap builds is a tmpfs; make it read-only too, so
+            // only /work and the private /tmp take writes.
+            "--remount-ro".into(),
+            "/".into(),
             "--chdir".into(),
             SANDBOX_WORK_DIR.into(),
         ]);
@@ -258,5 +262,43 @@ impl SandboxControl for BubblewrapControl {
         let code = self.child.wait().await.ok().and_then(|s| s.code());
         self.exit = Some(code);
         code
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(hidden: &str) -> BubblewrapRuntime {
+        BubblewrapRuntime::new(BubblewrapConfig {
+            bwrap: "bwrap".into(),
+            agent_exe: "/usr/local/bin/flywheel".into(),
+            hidden_paths: vec![PathBuf::from(hidden)],
+            isolate_network: false,
+        })
+    }
+
+    #[test]
+    fn a_data_dir_under_a_system_dir_is_covered() {
+        let args = runtime("/usr/local/lib/flywheel/data").sandbox_args(Path::new("/w/1"), "x");
+        let joined = args.join(" ");
+        assert!(joined.contains("--tmpfs /usr/local/lib/flywheel/data"), "{joined}");
+        let args = runtime("/srv/flywheel/data").sandbox_args(Path::new("/w/1"), "x");
+        assert!(!args.join(" ").contains("/srv/flywheel"), "not bound, nothing to hide");
+    }
+
+    #[test]
+    fn only_the_work_dir_is_bound_writable() {
+        let args = runtime("/srv/data").sandbox_args(Path::new("/srv/data/sandboxes/abc"), "abc");
+        let writable: Vec<&[String]> = args.windows(3).filter(|w| w[0] == "--bind").collect();
+        assert_eq!(writable.len(), 1);
+        assert_eq!(writable[0][1], "/srv/data/sandboxes/abc");
+        assert_eq!(writable[0][2], "/work");
+        for flag in
+            ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--clearenv", "--new-session"]
+        {
+            assert!(args.iter().any(|a| a == flag), "{flag}");
+        }
+        assert!(args.windows(2).any(|w| w[0] == "--remount-ro" && w[1] == "/"));
     }
 }

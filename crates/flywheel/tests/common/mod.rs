@@ -58,7 +58,11 @@ impl Server {
         let mut cmd = Command::new(binary());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
-            .args(["--shutdown-grace", "5"])
+            .args(if self.extra_args.iter().any(|a| a == "--shutdown-grace") {
+                &[][..]
+            } else {
+                &["--shutdown-grace", "5"][..]
+            })
             .args(&self.extra_args)
             .env("FLYWHEEL_API_KEY", KEY)
             .env("FLYWHEEL_LOG", "info,flywheel=debug")
