@@ -101,9 +101,16 @@ async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path
     };
     if run.lease_lost {
         warn!("the lease was lost; another worker or the reaper owns this execution now");
-        return;
+    } else {
+        run.finish(error).await;
     }
-    run.finish(error).await;
+    // If the execution was deleted while it ran (its workflow was), files
+    // this run stored after the deletion would be orphans: remove them.
+    if let Err(StoreError::NotFound(_)) = deps.store.get_execution(lease.execution).await {
+        if let Err(err) = deps.artifacts.delete_execution(lease.execution).await {
+            warn!(error = %err, "could not remove the artifacts of a deleted execution");
+        }
+    }
 }
 
 /// Writes `job.json` and creates `artifacts/`.

@@ -285,10 +285,14 @@ async fn deleting_a_workflow_stops_and_removes_everything() {
     }
     let (s, _) = server.request(Method::GET, "/api/workflows/doomed", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    // Artifacts leave the disk too (give the stopped runs a moment to wind down).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Artifacts leave the disk too, once the stopped runs have wound down.
     for e in [&done, &running] {
-        assert!(!server.data_dir.join("artifacts").join(id(e)).exists(), "artifacts of {} deleted", id(e));
+        let dir = server.data_dir.join("artifacts").join(id(e));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while dir.exists() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!dir.exists(), "artifacts of {} deleted", id(e));
     }
 }
 
