@@ -127,8 +127,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Entries with `seq > after`, oldest first, at most `limit`.
     async fn list_logs(&self, execution: Uuid, after: i64, limit: i64) -> StoreResult<Vec<flywheel_model::LogEntry>>;
-    /// The last `limit` entries (oldest first) and the total number.
-    async fn tail_logs(&self, execution: Uuid, limit: i64) -> StoreResult<(Vec<flywheel_model::LogEntry>, i64)>;
+    /// An execution and its last `limit` log entries (oldest first), read together.
+    async fn get_execution_with_logs(
+        &self,
+        execution: Uuid,
+        limit: i64,
+    ) -> StoreResult<(ExecutionRecord, Vec<flywheel_model::LogEntry>)>;
+    /// The last `limit` entries, oldest first (`log_count` of the execution says how many exist).
+    async fn tail_logs(&self, execution: Uuid, limit: i64) -> StoreResult<Vec<flywheel_model::LogEntry>>;
     async fn list_artifacts(&self, execution: Uuid) -> StoreResult<Vec<ArtifactRecord>>;
     async fn get_artifact(&self, execution: Uuid, name: &str) -> StoreResult<ArtifactRecord>;
 

@@ -126,6 +126,8 @@ pub struct ExecutionRecord {
     pub output: Option<Value>,
     pub limits: ExecutionLimits,
     pub lease_owner: Option<String>,
+    /// Number of log entries.
+    pub log_count: i64,
 }
 
 impl ExecutionRecord {

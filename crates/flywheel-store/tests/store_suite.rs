@@ -383,8 +383,12 @@ async fn logs_page_and_tail() {
     let page = s.list_logs(e.uuid, 2, 5).await.unwrap();
     assert_eq!(page.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![3, 4, 5, 6, 7]);
     assert_eq!(page[0].message, "line 0");
-    let (tail, total) = s.tail_logs(e.uuid, 3).await.unwrap();
-    assert_eq!(total, 12);
+    let tail = s.tail_logs(e.uuid, 3).await.unwrap();
+    assert_eq!(s.get_execution(e.uuid).await.unwrap().log_count, 12);
+    let (record, with_logs) = s.get_execution_with_logs(e.uuid, 3).await.unwrap();
+    assert_eq!(record.uuid, e.uuid);
+    assert_eq!(with_logs, tail, "the same entries either way");
+    assert_eq!(with_logs[0].message, "line 7");
     assert_eq!(tail.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![10, 11, 12]);
 }
 

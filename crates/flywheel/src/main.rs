@@ -15,6 +15,12 @@ mod serve;
 mod sse;
 
 use clap::{Args, Parser, Subcommand};
+
+/// The server allocates many small, short-lived objects per request (rows,
+/// JSON values, strings); mimalloc handles that much faster than glibc's
+/// malloc (measured: see the commit that added it).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -4,6 +4,7 @@
 //! executions finish within the grace period, then end them).
 
 use anyhow::{bail, Context};
+use axum::serve::ListenerExt;
 use clap::Args;
 use flywheel_server::auth::{generate_key, register_key, UrlSigner};
 use flywheel_server::{App, ServerConfig};
@@ -68,6 +69,9 @@ pub struct ServeArgs {
     /// Keep each execution's work dir after it ends (for debugging).
     #[arg(long)]
     pub keep_work_dirs: bool,
+    /// Serve the API only: queue executions but run none on this node.
+    #[arg(long)]
+    pub no_workers: bool,
 }
 
 pub fn main(args: ServeArgs) -> ExitCode {
@@ -139,12 +143,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let artifacts = Arc::new(LocalArtifactStore::new(&data_dir.join("artifacts"))?);
 
     let agent_exe = std::env::current_exe().context("could not find the flywheel binary")?;
-    let runtime: Arc<dyn Runtime> = Arc::new(BubblewrapRuntime::new(BubblewrapConfig {
-        bwrap: args.bwrap_path.clone(),
-        agent_exe,
-        hidden_paths: vec![data_dir.clone()],
-        isolate_network: args.sandbox_no_network,
-    }));
+    let runtime: Arc<dyn Runtime> = Arc::new(
+        BubblewrapRuntime::new(BubblewrapConfig {
+            bwrap: args.bwrap_path.clone(),
+            agent_exe,
+            hidden_paths: vec![data_dir.clone()],
+            isolate_network: args.sandbox_no_network,
+            etc_dir: data_dir.join("sandbox-etc"),
+        })
+        .context("could not assemble the sandboxes' /etc")?,
+    );
     if let Err(err) = runtime.probe().await {
         warn!("sandboxes cannot start on this machine, so every execution will fail with sandbox_error: {err}");
     }
@@ -183,10 +191,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.load_examples {
         crate::examples::load(store.as_ref()).await?;
     }
-    let dispatcher = dispatcher.spawn();
+    let dispatcher = (!args.no_workers).then(|| dispatcher.spawn());
 
-    print_banner(&public_url, &data_dir, new_key.as_deref(), args.show_key, worker_config.max_concurrent);
+    let capacity = if args.no_workers { 0 } else { worker_config.max_concurrent };
+    print_banner(&public_url, &data_dir, new_key.as_deref(), args.show_key, capacity);
     let http_stop = Arc::new(tokio::sync::Notify::new());
+    // Small responses and event-stream chunks must not wait for Nagle.
+    let listener = listener.tap_io(|stream| {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, flywheel_server::router(app)).with_graceful_shutdown({
         let stop = http_stop.clone();
         async move { stop.notified().await }
@@ -195,7 +210,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     info!(grace_secs = args.shutdown_grace, "shutting down: no new executions are claimed");
-    dispatcher.shutdown(Duration::from_secs(args.shutdown_grace)).await;
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.shutdown(Duration::from_secs(args.shutdown_grace)).await;
+    }
     http_stop.notify_one();
     match tokio::time::timeout(Duration::from_secs(5), server_task).await {
         Ok(Ok(Ok(()))) => {}

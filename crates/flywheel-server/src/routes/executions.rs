@@ -153,8 +153,8 @@ pub async fn list_executions(
     responses((status = 200, body = Execution, description = "with its logs"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_execution(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Execution>> {
     let id = execution_id(&id)?;
-    let record = app.store.get_execution(id).await?;
-    let (logs, total) = app.store.tail_logs(id, app.config.inline_log_limit).await?;
+    let (record, logs) = app.store.get_execution_with_logs(id, app.config.inline_log_limit).await?;
+    let total = record.log_count;
     let mut view = Execution::from_record(record, &app.signer);
     view.logs_truncated = Some(total > logs.len() as i64);
     view.logs = Some(logs.into_iter().map(LogEntryView::from).collect());

@@ -10,7 +10,13 @@ CREATE TABLE workflows (
     status          TEXT NOT NULL DEFAULT 'active',
     current_version INTEGER NOT NULL,
     created_at      INTEGER NOT NULL,
-    updated_at      INTEGER NOT NULL
+    updated_at      INTEGER NOT NULL,
+    -- Kept up to date by the same transactions that create and finish
+    -- executions, so reading them never scans executions.
+    n_executions    INTEGER NOT NULL DEFAULT 0,
+    n_completed     INTEGER NOT NULL DEFAULT 0,
+    n_failed        INTEGER NOT NULL DEFAULT 0,
+    last_run_at     INTEGER
 );
 
 CREATE TABLE workflow_versions (

@@ -70,9 +70,12 @@ impl SqliteStore {
         let mut conn =
             options.connect().await.with_context(|| format!("could not open the database {}", path.display()))?;
         MIGRATOR.run(&mut conn).await.with_context(|| format!("could not migrate the database {}", path.display()))?;
+        // Readers are local and cannot go stale, so they are not pinged
+        // before each use (that would double the round trips of a read).
         let reader = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(4)
             .min_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await
             .with_context(|| format!("could not open readers on {}", path.display()))?;
@@ -106,6 +109,29 @@ fn status_entry(status: ExecutionStatus, error: Option<&ExecutionError>) -> NewL
     NewLogEntry::new(LogKind::Status, level, message).with_data(data)
 }
 
+async fn insert_log_row(
+    conn: &mut SqliteConnection,
+    execution: Uuid,
+    seq: i64,
+    entry: &NewLogEntry,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO execution_logs (execution_uuid, seq, ts, level, kind, step, message, data) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(execution.to_string())
+    .bind(seq)
+    .bind(entry.ts)
+    .bind(entry.level.as_str())
+    .bind(entry.kind.as_str())
+    .bind(entry.step.map(i64::from))
+    .bind(&entry.message)
+    .bind(entry.data.as_ref().map(Value::to_string))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Appends entries to an execution's log, numbering them.
 async fn insert_logs(conn: &mut SqliteConnection, execution: Uuid, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>> {
     if entries.is_empty() {
@@ -120,20 +146,7 @@ async fn insert_logs(conn: &mut SqliteConnection, execution: Uuid, entries: &[Ne
     let mut seqs = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         let seq = next + i as i64;
-        sqlx::query(
-            "INSERT INTO execution_logs (execution_uuid, seq, ts, level, kind, step, message, data) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(seq)
-        .bind(entry.ts)
-        .bind(entry.level.as_str())
-        .bind(entry.kind.as_str())
-        .bind(entry.step.map(i64::from))
-        .bind(&entry.message)
-        .bind(entry.data.as_ref().map(Value::to_string))
-        .execute(&mut *conn)
-        .await?;
+        insert_log_row(conn, execution, seq, entry).await?;
         seqs.push(seq);
     }
     sqlx::query("UPDATE executions SET next_log_seq = ? WHERE uuid = ?")
@@ -185,10 +198,11 @@ async fn insert_queued_execution(
     check_transition(ExecutionStatus::Pending, ExecutionStatus::Queued)?;
     let now = now_ms();
     let warnings = serde_json::to_string(&new.warnings).context("encoding warnings")?;
+    // The row starts with its first log entry (seq 1) already counted.
     sqlx::query(
         "INSERT INTO executions (uuid, workflow_uuid, workflow_version_uuid, status, input_payload, warnings, \
-         attempt, retry_of, created_at, updated_at, queued_at, timeout_ms, retry_attempts, concurrency) \
-         VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         attempt, retry_of, created_at, updated_at, queued_at, timeout_ms, retry_attempts, concurrency, next_log_seq) \
+         VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 2)",
     )
     .bind(new.uuid.to_string())
     .bind(new.workflow_uuid.to_string())
@@ -209,7 +223,12 @@ async fn insert_queued_execution(
     if let Some(old) = retry_of {
         entry.message = format!("Execution queued (attempt {attempt}, retry of {old})");
     }
-    insert_logs(conn, new.uuid, &[entry]).await?;
+    insert_log_row(conn, new.uuid, 1, &entry).await?;
+    sqlx::query("UPDATE workflows SET n_executions = n_executions + 1, last_run_at = ? WHERE uuid = ?")
+        .bind(now)
+        .bind(new.workflow_uuid.to_string())
+        .execute(&mut *conn)
+        .await?;
     Ok(ExecutionRecord {
         uuid: new.uuid,
         workflow_uuid: new.workflow_uuid,
@@ -233,6 +252,7 @@ async fn insert_queued_execution(
         output: None,
         limits: new.limits,
         lease_owner: None,
+        log_count: 1,
     })
 }
 
@@ -283,6 +303,13 @@ async fn set_terminal(
     if updated.rows_affected() != 1 {
         return Err(StoreError::Conflict("the execution changed status concurrently".into()));
     }
+    let counter = if error.is_some() { "n_failed" } else { "n_completed" };
+    sqlx::query(&format!(
+        "UPDATE workflows SET {counter} = {counter} + 1 WHERE uuid = (SELECT workflow_uuid FROM executions WHERE uuid = ?)"
+    ))
+    .bind(execution.to_string())
+    .execute(&mut *conn)
+    .await?;
     insert_logs(conn, execution, &[status_entry(to, error)]).await?;
     Ok(())
 }
@@ -810,19 +837,38 @@ impl Store for SqliteStore {
         rows.iter().map(rows::log_entry).collect()
     }
 
-    async fn tail_logs(&self, execution: Uuid, limit: i64) -> StoreResult<(Vec<LogEntry>, i64)> {
-        let sql =
-            format!("SELECT {LOG_COLUMNS} FROM execution_logs WHERE execution_uuid = ? ORDER BY seq DESC LIMIT ?");
-        let mut conn = self.reader.acquire().await?;
-        let total: i64 = sqlx::query_scalar("SELECT next_log_seq - 1 FROM executions WHERE uuid = ?")
+    async fn get_execution_with_logs(
+        &self,
+        execution: Uuid,
+        limit: i64,
+    ) -> StoreResult<(ExecutionRecord, Vec<LogEntry>)> {
+        // One query, one row: the newest entries come aggregated as JSON, which
+        // is much cheaper than a row per entry through the driver.
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS}, (SELECT json_group_array(json_object('seq', seq, 'ts', ts, 'level', level, \
+             'kind', kind, 'step', step, 'message', message, 'data', json(data))) FROM \
+             (SELECT * FROM execution_logs l WHERE l.execution_uuid = e.uuid ORDER BY seq DESC LIMIT ?)) AS tail \
+             {EXECUTION_FROM} WHERE e.uuid = ?"
+        );
+        let row = sqlx::query(&sql)
+            .bind(limit.max(0))
             .bind(execution.to_string())
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&self.reader)
             .await?
             .ok_or(StoreError::NotFound("execution"))?;
-        let rows = sqlx::query(&sql).bind(execution.to_string()).bind(limit.max(0)).fetch_all(&mut *conn).await?;
+        let record = rows::execution(&row)?;
+        let mut entries = rows::log_entries_json(row.try_get::<&str, _>("tail")?)?;
+        entries.reverse();
+        Ok((record, entries))
+    }
+
+    async fn tail_logs(&self, execution: Uuid, limit: i64) -> StoreResult<Vec<LogEntry>> {
+        let sql =
+            format!("SELECT {LOG_COLUMNS} FROM execution_logs WHERE execution_uuid = ? ORDER BY seq DESC LIMIT ?");
+        let rows = sqlx::query(&sql).bind(execution.to_string()).bind(limit.max(0)).fetch_all(&self.reader).await?;
         let mut entries = rows.iter().map(rows::log_entry).collect::<StoreResult<Vec<_>>>()?;
         entries.reverse();
-        Ok((entries, total))
+        Ok(entries)
     }
 
     async fn list_artifacts(&self, execution: Uuid) -> StoreResult<Vec<ArtifactRecord>> {

@@ -14,17 +14,14 @@ pub(crate) const EXECUTION_COLUMNS: &str =
     "e.uuid, e.workflow_uuid, e.workflow_version_uuid, w.name AS workflow_name, \
      e.status, e.input_payload, e.warnings, e.error_code, e.error_message, e.attempt, e.retry_of, e.retried_by, \
      e.created_at, e.updated_at, e.queued_at, e.started_at, e.finished_at, e.n_steps, e.n_agent_actions, \
-     e.n_screenshots, e.output, e.timeout_ms, e.retry_attempts, e.concurrency, e.lease_owner";
+     e.n_screenshots, e.output, e.timeout_ms, e.retry_attempts, e.concurrency, e.lease_owner, e.next_log_seq";
 
 pub(crate) const EXECUTION_FROM: &str = "FROM executions e JOIN workflows w ON w.uuid = e.workflow_uuid";
 
 /// A workflow with its current version and execution aggregates.
 pub(crate) const WORKFLOW_SELECT: &str = "SELECT w.uuid, w.name, w.slug, w.description, w.status, \
      w.current_version, w.created_at, w.updated_at, v.uuid AS version_uuid, v.specification, \
-     (SELECT COUNT(*) FROM executions e WHERE e.workflow_uuid = w.uuid) AS n_executions, \
-     (SELECT COUNT(*) FROM executions e WHERE e.workflow_uuid = w.uuid AND e.status = 'completed') AS n_completed, \
-     (SELECT COUNT(*) FROM executions e WHERE e.workflow_uuid = w.uuid AND e.status = 'failed') AS n_failed, \
-     (SELECT MAX(e.created_at) FROM executions e WHERE e.workflow_uuid = w.uuid) AS last_run \
+     w.n_executions, w.n_completed, w.n_failed, w.last_run_at \
      FROM workflows w JOIN workflow_versions v ON v.workflow_uuid = w.uuid AND v.version = w.current_version";
 
 pub(crate) const LOG_COLUMNS: &str = "seq, ts, level, kind, step, message, data";
@@ -99,6 +96,7 @@ pub(crate) fn execution(row: &SqliteRow) -> StoreResult<ExecutionRecord> {
             concurrency: row.try_get("concurrency")?,
         },
         lease_owner: row.try_get("lease_owner")?,
+        log_count: row.try_get::<i64, _>("next_log_seq")? - 1,
     })
 }
 
@@ -118,7 +116,7 @@ pub(crate) fn workflow(row: &SqliteRow) -> StoreResult<WorkflowRecord> {
             executions: row.try_get("n_executions")?,
             completed: row.try_get("n_completed")?,
             failed: row.try_get("n_failed")?,
-            last_run: row.try_get("last_run")?,
+            last_run: row.try_get("last_run_at")?,
         },
     })
 }
@@ -146,6 +144,33 @@ pub(crate) fn log_entry(row: &SqliteRow) -> StoreResult<LogEntry> {
         message: row.try_get("message")?,
         data: opt_json_col(row, "data")?,
     })
+}
+
+/// Log entries aggregated by `json_group_array(json_object(...))`.
+pub(crate) fn log_entries_json(text: &str) -> StoreResult<Vec<LogEntry>> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        seq: i64,
+        ts: i64,
+        level: String,
+        kind: String,
+        step: Option<i64>,
+        message: String,
+        data: Option<Value>,
+    }
+    let raw: Vec<Raw> = serde_json::from_str(text).map_err(|e| corrupt("log entries", e))?;
+    Ok(raw
+        .into_iter()
+        .map(|r| LogEntry {
+            seq: r.seq,
+            ts: r.ts,
+            level: LogLevel::parse(&r.level),
+            kind: LogKind::parse(&r.kind),
+            step: r.step.and_then(|s| u32::try_from(s).ok()),
+            message: r.message,
+            data: r.data,
+        })
+        .collect())
 }
 
 pub(crate) fn artifact(row: &SqliteRow) -> StoreResult<ArtifactRecord> {

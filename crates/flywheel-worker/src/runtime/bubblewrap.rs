@@ -26,7 +26,9 @@ const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib3
 
 /// What a sandbox may read from `/etc`: name resolution, certificates,
 /// users, time zone, the dynamic linker cache, fonts. Not shadow, not ssh,
-/// not anything of Flywheel's.
+/// not anything of Flywheel's. They are copied once into a directory that
+/// is bound as the sandbox's `/etc` in one mount: a bind per file costs
+/// bubblewrap a re-read of the mount table each, about 2.5 ms per sandbox.
 const ETC_FILES: &[&str] = &[
     "/etc/resolv.conf",
     "/etc/hosts",
@@ -51,6 +53,9 @@ const ETC_FILES: &[&str] = &[
     "/etc/mime.types",
 ];
 
+/// Files that change while the server runs stay bound live from the host.
+const LIVE_ETC_FILES: &[&str] = &["/etc/resolv.conf", "/etc/hosts"];
+
 /// Configuration of the bubblewrap runtime.
 #[derive(Debug, Clone)]
 pub struct BubblewrapConfig {
@@ -63,6 +68,8 @@ pub struct BubblewrapConfig {
     pub hidden_paths: Vec<PathBuf>,
     /// Give the sandbox its own empty network namespace (no network at all).
     pub isolate_network: bool,
+    /// Where the sandbox's `/etc` is assembled from [`ETC_FILES`].
+    pub etc_dir: PathBuf,
 }
 
 pub struct BubblewrapRuntime {
@@ -70,8 +77,10 @@ pub struct BubblewrapRuntime {
 }
 
 impl BubblewrapRuntime {
-    pub fn new(config: BubblewrapConfig) -> BubblewrapRuntime {
-        BubblewrapRuntime { config }
+    /// Assembles the sandbox's `/etc` and returns the runtime.
+    pub fn new(config: BubblewrapConfig) -> std::io::Result<BubblewrapRuntime> {
+        build_sandbox_etc(&config.etc_dir)?;
+        Ok(BubblewrapRuntime { config })
     }
 
     /// The bwrap arguments up to (not including) the command.
@@ -101,6 +110,9 @@ impl BubblewrapRuntime {
             ("TMPDIR", "/tmp"),
             ("LANG", "C.UTF-8"),
             ("FLYWHEEL_EXECUTION", execution),
+            // The agent starts once per execution: committing mimalloc's
+            // arena up front costs it ~1.6 ms of page zeroing for nothing.
+            ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
         ] {
             args.extend(["--setenv".into(), key.into(), value.into()]);
         }
@@ -116,7 +128,8 @@ impl BubblewrapRuntime {
                 _ => {}
             }
         }
-        for file in ETC_FILES {
+        args.extend(["--ro-bind".into(), self.config.etc_dir.to_string_lossy().into_owned(), "/etc".into()]);
+        for file in LIVE_ETC_FILES {
             args.extend(["--ro-bind-try".into(), (*file).to_owned(), (*file).to_owned()]);
         }
         args.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].iter().map(|s| (*s).to_owned()));
@@ -155,6 +168,45 @@ impl BubblewrapRuntime {
             SandboxError(format!("could not start bubblewrap ({}): {err}", self.config.bwrap.display()))
         }
     }
+}
+
+/// Copies [`ETC_FILES`] into `dir` (replacing what was there). Top-level
+/// symlinks are followed (e.g. `/etc/resolv.conf`); symlinks inside copied
+/// directories stay symlinks (they point into `/usr`, which the sandbox has).
+fn build_sandbox_etc(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    for source in ETC_FILES {
+        let source = Path::new(source);
+        let Ok(meta) = std::fs::metadata(source) else { continue };
+        let target = dir.join(source.file_name().unwrap_or_default());
+        if meta.is_dir() {
+            copy_tree(source, &target)?;
+        } else if meta.is_file() {
+            // Unreadable files are simply not there for the sandbox.
+            let _ = std::fs::copy(source, &target);
+        }
+    }
+    Ok(())
+}
+
+fn copy_tree(source: &Path, target: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    for entry in std::fs::read_dir(source)? {
+        let entry = entry?;
+        let (from, to) = (entry.path(), target.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+        } else if kind.is_dir() {
+            copy_tree(&from, &to)?;
+        } else if kind.is_file() {
+            let _ = std::fs::copy(&from, &to);
+        }
+    }
+    Ok(())
 }
 
 /// Adds advice to what bwrap said when it failed.
@@ -270,12 +322,29 @@ mod tests {
     use super::*;
 
     fn runtime(hidden: &str) -> BubblewrapRuntime {
-        BubblewrapRuntime::new(BubblewrapConfig {
-            bwrap: "bwrap".into(),
-            agent_exe: "/usr/local/bin/flywheel".into(),
-            hidden_paths: vec![PathBuf::from(hidden)],
-            isolate_network: false,
-        })
+        BubblewrapRuntime {
+            config: BubblewrapConfig {
+                bwrap: "bwrap".into(),
+                agent_exe: "/usr/local/bin/flywheel".into(),
+                hidden_paths: vec![PathBuf::from(hidden)],
+                isolate_network: false,
+                etc_dir: "/srv/etc".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn the_sandbox_etc_holds_the_listed_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        build_sandbox_etc(&etc).unwrap();
+        assert!(etc.join("passwd").is_file());
+        assert!(etc.join("ssl").is_dir());
+        assert!(!etc.join("shadow").exists());
+        // Built again from scratch on the next start.
+        std::fs::write(etc.join("stale"), "x").unwrap();
+        build_sandbox_etc(&etc).unwrap();
+        assert!(!etc.join("stale").exists());
     }
 
     #[test]

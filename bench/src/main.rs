@@ -1,0 +1,402 @@
+//! `make bench`: measures Flywheel as a user would feel it, on this machine.
+//!
+//! 1. Latency: one-step executions run one after another; execute→running
+//!    (from the `running` entry's server timestamp) and execute→completed
+//!    (when the client sees the `end` event), p50/p99.
+//! 2. Throughput: a burst of executions submitted at once, end to end.
+//! 3. Request rates: GET /api/executions/{id} and POST execute under
+//!    concurrent load (wrk), POST against an API-only node so only the
+//!    durable write is measured.
+//! 4. Peak RSS of the server.
+//!
+//! It prints a table and writes JSON plus a Markdown table to bench/results/.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const KEY: &str = "fw_bench_key_0123456789abcdefghijklmnopq";
+
+#[derive(Parser)]
+#[command(about = "Measure Flywheel: latency, throughput, request rates, memory")]
+struct Args {
+    /// The flywheel binary (a release build).
+    #[arg(long, default_value = "target/release/flywheel")]
+    binary: PathBuf,
+    /// Sequential executions for the latency percentiles.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// Executions submitted at once for the throughput figure.
+    #[arg(long, default_value_t = 1000)]
+    burst: usize,
+    /// Sandboxes at once during the throughput run (0: the server's default, the CPU count).
+    #[arg(long, default_value_t = 0)]
+    max_concurrent: usize,
+    /// Seconds of each wrk run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent connections of each wrk run.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Where to record results.
+    #[arg(long, default_value = "bench/results")]
+    results: PathBuf,
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(binary: &Path, extra: &[String]) -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("stdout");
+        let child = Command::new(binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .env("FLYWHEEL_API_KEY", KEY)
+            .env("FLYWHEEL_LOG", "warn")
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("could not start {}", binary.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.starts_with("listening on ")) {
+                let url = line.trim_start_matches("listening on ").trim().to_owned();
+                return Ok(Server { child, url, _dir: dir });
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory so far, in MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn create_workflow(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let r = http
+        .post(format!("{url}/api/workflows"))
+        .bearer_auth(KEY)
+        .json(&json!({"name": "One step", "slug": "one-step", "specification": {"steps": [{"set": {"name": "ok", "value": true}}]}}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("could not create the workflow: {}", r.text().await?);
+    }
+    Ok(())
+}
+
+async fn execute(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let r = http
+        .post(format!("{url}/api/workflows/one-step/execute"))
+        .bearer_auth(KEY)
+        .json(&json!({"inputPayload": {}}))
+        .send()
+        .await?;
+    if r.status().as_u16() != 201 {
+        bail!("execute answered {}", r.status());
+    }
+    let body: Value = r.json().await?;
+    Ok(body["execution_uuid"].as_str().context("no execution_uuid")?.to_owned())
+}
+
+/// Follows the event stream to its end; returns the server timestamp of the
+/// `running` entry and when the client saw `end`.
+async fn follow(http: &reqwest::Client, url: &str, id: &str) -> anyhow::Result<(i64, Instant)> {
+    use futures::StreamExt;
+    let mut stream =
+        http.get(format!("{url}/api/executions/{id}/events")).bearer_auth(KEY).send().await?.bytes_stream();
+    let mut text = String::new();
+    let mut running_ts = None;
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(pos) = text.find("\n\n") {
+            let block: String = text.drain(..pos + 2).collect();
+            if block.contains("event: end") {
+                let ts = running_ts.context("no running entry")?;
+                return Ok((ts, Instant::now()));
+            }
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                let entry: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                if entry["kind"] == "status" && entry["data"]["status"] == "running" {
+                    let ts = chrono::DateTime::parse_from_rfc3339(entry["ts"].as_str().unwrap_or_default())?;
+                    running_ts = Some(ts.timestamp_millis());
+                }
+            }
+        }
+    }
+    bail!("the event stream ended without `end`")
+}
+
+/// Executions in each final status, from /metrics.
+async fn finished_count(http: &reqwest::Client, url: &str) -> anyhow::Result<u64> {
+    let text = http.get(format!("{url}/metrics")).bearer_auth(KEY).send().await?.text().await?;
+    let mut n = 0;
+    for line in text.lines() {
+        if line.starts_with("flywheel_executions{status=\"completed\"}")
+            || line.starts_with("flywheel_executions{status=\"failed\"}")
+        {
+            n += line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64;
+        }
+    }
+    Ok(n)
+}
+
+struct Wrk {
+    requests_per_sec: f64,
+    latency: String,
+    non_2xx: u64,
+    requests: u64,
+}
+
+fn wrk(url: &str, seconds: u64, connections: u32, script: Option<&Path>) -> anyhow::Result<Wrk> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+        "-H",
+        &format!("Authorization: Bearer {KEY}"),
+    ]);
+    if let Some(script) = script {
+        cmd.arg("-s").arg(script);
+    }
+    let out = cmd.arg(url).output().context("could not run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()));
+    let requests_per_sec =
+        field("Requests/sec:").and_then(|v| v.parse().ok()).context(format!("unexpected wrk output: {text}"))?;
+    let latency = text
+        .lines()
+        .find(|l| l.trim().starts_with("Latency"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
+        .unwrap_or_default();
+    let non_2xx = field("Non-2xx or 3xx responses:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Wrk { requests_per_sec, latency, non_2xx, requests })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut record = serde_json::Map::new();
+
+    // 1. Latency, one at a time.
+    eprintln!("latency: {} sequential one-step executions…", args.runs);
+    let server = Server::start(&args.binary, &[])?;
+    create_workflow(&http, &server.url).await?;
+    for _ in 0..5 {
+        let id = execute(&http, &server.url).await?;
+        follow(&http, &server.url, &id).await?;
+    }
+    let (mut to_running, mut to_completed) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        let t0_wall = now_ms();
+        let t0 = Instant::now();
+        let id = execute(&http, &server.url).await?;
+        let (running_ts, done_at) = follow(&http, &server.url, &id).await?;
+        to_running.push((running_ts - t0_wall).max(0) as f64);
+        to_completed.push(done_at.duration_since(t0).as_secs_f64() * 1000.0);
+    }
+    to_running.sort_by(f64::total_cmp);
+    to_completed.sort_by(f64::total_cmp);
+    let lat = json!({
+        "runs": args.runs,
+        "execute_to_running_ms": {"p50": percentile(&to_running, 50.0), "p99": percentile(&to_running, 99.0)},
+        "execute_to_completed_ms": {"p50": percentile(&to_completed, 50.0), "p99": percentile(&to_completed, 99.0)},
+    });
+    rows.push((
+        "execute → running (ms, server clock)".into(),
+        format!("p50 {:.0} · p99 {:.0}", percentile(&to_running, 50.0), percentile(&to_running, 99.0)),
+        "p50 ≤ 15".into(),
+    ));
+    rows.push((
+        "execute → completed (ms, client sees end)".into(),
+        format!("p50 {:.1} · p99 {:.1}", percentile(&to_completed, 50.0), percentile(&to_completed, 99.0)),
+        "".into(),
+    ));
+    record.insert("latency".into(), lat);
+
+    // 3a. GET /api/executions/{id} under load (on the same server, with logs).
+    let id = execute(&http, &server.url).await?;
+    follow(&http, &server.url, &id).await?;
+    eprintln!("GET /api/executions/{{id}} with wrk, {} s…", args.seconds);
+    let get = wrk(&format!("{}/api/executions/{id}", server.url), args.seconds, args.connections, None)?;
+    rows.push((
+        format!("GET /api/executions/{{id}} ({} conns)", args.connections),
+        format!("{:.0} req/s · p50 {}", get.requests_per_sec, get.latency),
+        "≥ 20000".into(),
+    ));
+    record.insert(
+        "get_execution".into(),
+        json!({"requests_per_sec": get.requests_per_sec, "latency_p50": get.latency, "non_2xx": get.non_2xx}),
+    );
+    let rss_latency = server.peak_rss_mib();
+    drop(server);
+
+    // 2. Throughput of a burst.
+    let mut extra = Vec::new();
+    if args.max_concurrent > 0 {
+        extra = vec!["--max-concurrent".to_owned(), args.max_concurrent.to_string()];
+    }
+    let slots = if args.max_concurrent > 0 { args.max_concurrent } else { cpus };
+    eprintln!("throughput: {} executions at once, {slots} sandboxes at a time…", args.burst);
+    let server = Server::start(&args.binary, &extra)?;
+    create_workflow(&http, &server.url).await?;
+    let started = Instant::now();
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let mut submits = Vec::new();
+    for _ in 0..args.burst {
+        let (http, url, semaphore) = (http.clone(), server.url.clone(), semaphore.clone());
+        submits.push(tokio::spawn(async move {
+            let _permit = semaphore.acquire().await;
+            execute(&http, &url).await
+        }));
+    }
+    for s in submits {
+        s.await??;
+    }
+    let submitted = started.elapsed();
+    loop {
+        if finished_count(&http, &server.url).await? >= args.burst as u64 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the burst did not finish in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let throughput = args.burst as f64 / elapsed;
+    rows.push((
+        format!("{} executions at once, end to end ({slots} sandboxes)", args.burst),
+        format!("{throughput:.0} exec/s · {elapsed:.1} s (all queued in {:.2} s)", submitted.as_secs_f64()),
+        "≥ 150".into(),
+    ));
+    record.insert(
+        "throughput".into(),
+        json!({"executions": args.burst, "sandboxes": slots, "seconds": elapsed, "executions_per_sec": throughput, "submit_seconds": submitted.as_secs_f64()}),
+    );
+    let rss_burst = server.peak_rss_mib();
+    drop(server);
+
+    // 3b. POST execute under load, on an API-only node: the durable write.
+    eprintln!("POST execute with wrk, {} s…", args.seconds);
+    let server = Server::start(&args.binary, &["--no-workers".to_owned()])?;
+    create_workflow(&http, &server.url).await?;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("post.lua");
+    std::fs::write(&script, "wrk.method = \"POST\"\nwrk.body = '{\"inputPayload\": {}}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n")?;
+    let post =
+        wrk(&format!("{}/api/workflows/one-step/execute", server.url), args.seconds, args.connections, Some(&script))?;
+    let stored = {
+        let text = http.get(format!("{}/metrics", server.url)).bearer_auth(KEY).send().await?.text().await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("flywheel_queue_depth "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let acknowledged = post.requests.saturating_sub(post.non_2xx);
+    rows.push((
+        format!("POST execute, durable (fsync), API only ({} conns)", args.connections),
+        format!("{:.0} req/s · p50 {} · {stored} stored of {acknowledged} acked", post.requests_per_sec, post.latency),
+        "≥ 3000".into(),
+    ));
+    record.insert(
+        "post_execute".into(),
+        json!({"requests_per_sec": post.requests_per_sec, "latency_p50": post.latency, "non_2xx": post.non_2xx, "acknowledged": acknowledged, "stored": stored}),
+    );
+    let rss_post = server.peak_rss_mib();
+    drop(server);
+
+    let rss = rss_latency.max(rss_burst).max(rss_post);
+    rows.push((
+        "peak RSS of the server (MiB)".into(),
+        format!("{rss:.1} (latency+GET {rss_latency:.1} · burst {rss_burst:.1} · POST {rss_post:.1})"),
+        "".into(),
+    ));
+    record.insert("peak_rss_mib".into(), json!({"latency_and_get": rss_latency, "burst": rss_burst, "post": rss_post}));
+
+    // Print and record.
+    let machine = format!(
+        "{cpus} CPUs, {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| format!("load {}", l.split(' ').next().unwrap_or("?")))
+            .unwrap_or_default()
+    );
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let when = chrono::Utc::now().format("%Y-%m-%dT%H-%M-%SZ").to_string();
+    let width = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(10);
+    let mut md = format!(
+        "# Flywheel benchmark {when} (commit {commit}, {machine})\n\n| measure | result | goal |\n|---|---|---|\n"
+    );
+    println!();
+    for (name, value, goal) in &rows {
+        println!(
+            "{name:<width$}  {value}{}",
+            if goal.is_empty() { String::new() } else { format!("   (goal {goal})") }
+        );
+        md.push_str(&format!("| {name} | {value} | {goal} |\n"));
+    }
+    record.insert("commit".into(), json!(commit));
+    record.insert("when".into(), json!(when));
+    record.insert("machine".into(), json!(machine));
+    std::fs::create_dir_all(&args.results)?;
+    std::fs::write(
+        args.results.join(format!("{when}.json")),
+        serde_json::to_string_pretty(&Value::Object(record))? + "\n",
+    )?;
+    std::fs::write(args.results.join("latest.md"), &md)?;
+    println!("\nrecorded in {}/{when}.json and latest.md", args.results.display());
+    Ok(())
+}
