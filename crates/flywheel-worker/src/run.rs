@@ -423,21 +423,28 @@ impl Run<'_> {
     /// The whole log as JSON lines.
     async fn store_log_artifact(&self) -> anyhow::Result<()> {
         let execution = self.lease.execution;
-        let mut text = String::new();
-        let mut after = 0;
-        loop {
-            let page = self.deps.store.list_logs(execution, after, 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for entry in &page {
-                text.push_str(&log_line(entry).to_string());
-                text.push('\n');
-            }
-        }
+        let text = render_full_log(self.deps.store.as_ref(), execution).await?;
         let size = text.len() as u64;
         self.deps.artifacts.put_bytes(execution, LOGS_ARTIFACT, Bytes::from(text)).await?;
         self.index_artifact(LOGS_ARTIFACT, "logs", size).await
     }
+}
+
+/// An execution's whole log as JSON lines, oldest first: the `logs.jsonl`
+/// artifact.
+pub async fn render_full_log(store: &dyn Store, execution: uuid::Uuid) -> Result<String, StoreError> {
+    let mut text = String::new();
+    let mut after = 0;
+    loop {
+        let page = store.list_logs(execution, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for entry in &page {
+            text.push_str(&log_line(entry).to_string());
+            text.push('\n');
+        }
+    }
+    Ok(text)
 }
 
 /// One log entry as a JSON object, the same shape the API shows.

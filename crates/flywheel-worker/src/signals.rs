@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -35,7 +36,13 @@ struct Inner {
     wake: Notify,
     log_appended: broadcast::Sender<Uuid>,
     running: Mutex<HashMap<Uuid, RunningExecution>>,
+    /// Stops that found no running execution here, kept briefly: a stop can
+    /// land between the claim of an execution and its run registering.
+    early_stops: Mutex<HashMap<Uuid, Instant>>,
 }
+
+/// How long an early stop is remembered.
+const EARLY_STOP_MEMORY: Duration = Duration::from_secs(10);
 
 /// Handed to the task running an execution: fires when it must end.
 pub struct StopHandle {
@@ -58,7 +65,14 @@ impl Default for Signals {
 impl Signals {
     pub fn new() -> Signals {
         let (log_appended, _) = broadcast::channel(4096);
-        Signals { inner: Arc::new(Inner { wake: Notify::new(), log_appended, running: Mutex::new(HashMap::new()) }) }
+        Signals {
+            inner: Arc::new(Inner {
+                wake: Notify::new(),
+                log_appended,
+                running: Mutex::new(HashMap::new()),
+                early_stops: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     /// Something was queued: the dispatcher should look now.
@@ -85,6 +99,10 @@ impl Signals {
         let token = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
         self.running().insert(execution, RunningExecution { token: token.clone(), reason: reason.clone() });
+        if self.early_stops().remove(&execution).is_some() {
+            *reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(StopReason::Stopped);
+            token.cancel();
+        }
         StopHandle { token, reason }
     }
 
@@ -95,14 +113,15 @@ impl Signals {
     /// Kills the sandbox of `execution` if it runs on this node. Returns
     /// whether it did.
     pub fn stop(&self, execution: Uuid, reason: StopReason) -> bool {
-        match self.running().get(&execution) {
-            Some(run) => {
-                *run.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-                run.token.cancel();
-                true
-            }
-            None => false,
+        if let Some(run) = self.running().get(&execution) {
+            *run.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+            run.token.cancel();
+            return true;
         }
+        let mut early = self.early_stops();
+        early.retain(|_, at| at.elapsed() < EARLY_STOP_MEMORY);
+        early.insert(execution, Instant::now());
+        false
     }
 
     /// Executions running on this node.
@@ -112,5 +131,26 @@ impl Signals {
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, RunningExecution>> {
         self.inner.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn early_stops(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Instant>> {
+        self.inner.early_stops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_that_comes_before_the_run_registers_still_lands() {
+        let signals = Signals::new();
+        let id = Uuid::now_v7();
+        assert!(!signals.stop(id, StopReason::Stopped));
+        let handle = signals.register(id);
+        assert!(handle.token.is_cancelled());
+        assert_eq!(handle.reason(), Some(StopReason::Stopped));
+        let other = signals.register(Uuid::now_v7());
+        assert!(!other.token.is_cancelled());
     }
 }

@@ -14,12 +14,8 @@ async fn stop_ends_a_running_execution_within_two_seconds_and_leaves_nothing() {
     server.workflow("Sleeper", json!({"steps": [{"shell": "sleep 60 & sleep 60; echo never"}]})).await;
     let id = id(&server.execute("sleeper", json!({})).await);
     server.wait_status(&id, "running", Duration::from_secs(10)).await;
-    // Let the shell and its background child start.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sandbox_processes(&id).len() < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(sandbox_processes(&id).len() >= 3, "bwrap, agent, sh and sleeps run");
+    // bwrap, its init, the agent, the shell and its children.
+    wait_for_sandbox_processes(&id, 3).await;
 
     let asked = Instant::now();
     let (status, stopped) = server.request(Method::POST, &format!("/api/executions/{id}/stop"), None).await;
@@ -243,4 +239,24 @@ async fn fifty_simultaneous_executes_with_concurrency_two_never_run_more_than_tw
     }
     assert!(deepest <= 2, "{deepest} ran at once");
     assert_eq!(deepest, 2, "and two did run side by side");
+}
+
+#[tokio::test]
+async fn background_processes_outlive_their_step_but_not_the_execution() {
+    let server = Server::start(&[]).await;
+    server
+        .workflow("Helper", json!({"steps": [
+            {"name": "start a helper", "shell": "sleep 300 & echo started"},
+            {"shell": {"command": "for p in /proc/[0-9]*; do grep -qs sleep $p/cmdline && echo alive; done | head -n 1", "name": "seen"}},
+            {"set": {"name": "done", "value": true}},
+        ]}))
+        .await;
+    let started = Instant::now();
+    let id = id(&server.execute("helper", json!({})).await);
+    let e = server.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(e["status"], "completed", "{e:#}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the step did not wait for its background child");
+    assert!(e["logs"].as_array().unwrap().iter().any(|l| l["message"] == "started"));
+    assert_eq!(e["output"]["seen"], "alive", "the helper still ran in the next step");
+    assert_no_sandbox_left(&id, Duration::from_secs(2)).await;
 }

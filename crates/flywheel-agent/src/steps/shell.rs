@@ -1,6 +1,11 @@
 //! `shell`: a command run by `/bin/sh -c` in the work dir. Its output lines
 //! become log lines (stdout as info, stderr as warn); a non-zero exit fails
 //! the step. With `name`, the trimmed stdout becomes a named value.
+//!
+//! The step ends when the shell exits. Processes it started in the
+//! background live on (a helper server for later steps, say) until the
+//! sandbox ends with the execution; if the step times out, its whole process
+//! group is killed.
 
 use crate::RunContext;
 use anyhow::{bail, Context};
@@ -8,6 +13,8 @@ use flywheel_model::step::ShellStep;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
@@ -18,8 +25,12 @@ const MAX_LOG_LINES: usize = 10_000;
 /// Most stdout kept for a named value.
 const MAX_CAPTURE: usize = 1024 * 1024;
 
-/// Kills the command's whole process group when dropped, so a timeout or a
-/// failure leaves no grandchild behind.
+/// How long output may keep coming after the shell exited (from background
+/// processes that hold its pipes) before the step stops reading.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
+
+/// Kills the command's whole process group when dropped before the shell
+/// exited (a step timeout drops the step's future).
 struct GroupGuard(Option<Pid>);
 
 impl Drop for GroupGuard {
@@ -43,15 +54,25 @@ pub async fn run(ctx: &mut RunContext, index: u32, step: &ShellStep) -> anyhow::
         .kill_on_drop(true)
         .spawn()
         .context("could not start /bin/sh")?;
-    let _guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+    let mut guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let stderr = child.stderr.take().context("no stderr pipe")?;
-    let capture = step.name.is_some();
+    let captured = Arc::new(Mutex::new(String::new()));
+    let capture = step.name.as_ref().map(|_| captured.clone());
     let out_task = tokio::spawn(pump(stdout, ctx.emitter.clone(), "info", index, capture));
-    let err_task = tokio::spawn(pump(stderr, ctx.emitter.clone(), "warn", index, false));
+    let err_task = tokio::spawn(pump(stderr, ctx.emitter.clone(), "warn", index, None));
     let status = child.wait().await.context("waiting for the command")?;
-    let captured = out_task.await.unwrap_or_default();
-    let _ = err_task.await;
+    guard.0 = None;
+    // Usually the pipes close with the shell; background processes may hold
+    // them open, and are not waited for.
+    let deadline = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
+    for task in [out_task, err_task] {
+        let abort = task.abort_handle();
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            abort.abort();
+        }
+    }
+    let captured = captured.lock().map(|c| c.clone()).unwrap_or_default();
     if !status.success() {
         match status.code() {
             Some(code) => bail!("the command exited with status {code}"),
@@ -64,17 +85,16 @@ pub async fn run(ctx: &mut RunContext, index: u32, step: &ShellStep) -> anyhow::
     Ok(())
 }
 
-/// Forwards lines from a pipe as log lines; returns the text if `capture`.
+/// Forwards lines from a pipe as log lines, keeping the text in `capture`.
 async fn pump(
     pipe: impl AsyncRead + Unpin,
     emitter: crate::emit::Emitter,
-    level: &str,
+    level: &'static str,
     step: u32,
-    capture: bool,
-) -> String {
+    capture: Option<Arc<Mutex<String>>>,
+) {
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::new();
-    let mut captured = String::new();
     let mut lines = 0usize;
     loop {
         buf.clear();
@@ -83,8 +103,10 @@ async fn pump(
             Ok(_) => {}
         }
         let text = String::from_utf8_lossy(&buf);
-        if capture && captured.len() < MAX_CAPTURE {
-            captured.push_str(&text);
+        if let Some(Ok(mut captured)) = capture.as_ref().map(|c| c.lock()) {
+            if captured.len() < MAX_CAPTURE {
+                captured.push_str(&text);
+            }
         }
         lines += 1;
         if lines <= MAX_LOG_LINES {
@@ -103,5 +125,4 @@ async fn pump(
     if lines > MAX_LOG_LINES {
         emitter.log("warn", format!("{} more output lines were not logged", lines - MAX_LOG_LINES), Some(step));
     }
-    captured
 }

@@ -92,17 +92,7 @@ pub async fn download_artifact(
 /// artifact is not written yet (it is written once the execution ends).
 async fn render_log_from_store(app: &App, id: uuid::Uuid) -> ApiResult<Response> {
     app.store.get_execution(id).await?;
-    let mut text = String::new();
-    let mut after = 0;
-    loop {
-        let page = app.store.list_logs(id, after, 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        for entry in &page {
-            text.push_str(&flywheel_worker::run::log_line(entry).to_string());
-            text.push('\n');
-        }
-    }
+    let text = flywheel_worker::run::render_full_log(app.store.as_ref(), id).await?;
     let mut response = Response::new(Body::from(text));
     insert(&mut response, header::CONTENT_TYPE, "application/x-ndjson");
     insert(&mut response, header::CONTENT_DISPOSITION, &format!("inline; filename=\"{LOGS_ARTIFACT}\""));

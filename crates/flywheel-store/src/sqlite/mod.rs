@@ -97,6 +97,18 @@ fn page_limit(page: &Page) -> i64 {
     page.limit.clamp(1, 500)
 }
 
+/// Cuts `items` (fetched with `limit + 1`) to a page; the cursor of the
+/// next page is the uuid of the last item, if there is a next page.
+fn one_page<T>(mut items: Vec<T>, limit: i64, uuid: impl Fn(&T) -> Uuid) -> Paged<T> {
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|item| uuid(item).to_string())
+    } else {
+        None
+    };
+    Paged { items, next_cursor }
+}
+
 fn status_entry(status: ExecutionStatus, error: Option<&ExecutionError>) -> NewLogEntry {
     let (level, message, data) = match error {
         Some(err) => (
@@ -413,14 +425,8 @@ impl Store for SqliteStore {
         let cursor = parse_cursor(&page.cursor)?;
         let sql = format!("{WORKFLOW_SELECT} WHERE (?1 IS NULL OR w.uuid < ?1) ORDER BY w.uuid DESC LIMIT ?2");
         let rows = sqlx::query(&sql).bind(cursor).bind(limit + 1).fetch_all(&self.reader).await?;
-        let mut items = rows.iter().map(rows::workflow).collect::<StoreResult<Vec<_>>>()?;
-        let next_cursor = if items.len() as i64 > limit {
-            items.truncate(limit as usize);
-            items.last().map(|w| w.uuid.to_string())
-        } else {
-            None
-        };
-        Ok(Paged { items, next_cursor })
+        let items = rows.iter().map(rows::workflow).collect::<StoreResult<Vec<_>>>()?;
+        Ok(one_page(items, limit, |w| w.uuid))
     }
 
     async fn get_workflow(&self, id_or_slug: &str) -> StoreResult<WorkflowRecord> {
@@ -584,14 +590,8 @@ impl Store for SqliteStore {
             .bind(limit + 1)
             .fetch_all(&self.reader)
             .await?;
-        let mut items = rows.iter().map(rows::execution).collect::<StoreResult<Vec<_>>>()?;
-        let next_cursor = if items.len() as i64 > limit {
-            items.truncate(limit as usize);
-            items.last().map(|e| e.uuid.to_string())
-        } else {
-            None
-        };
-        Ok(Paged { items, next_cursor })
+        let items = rows.iter().map(rows::execution).collect::<StoreResult<Vec<_>>>()?;
+        Ok(one_page(items, limit, |e| e.uuid))
     }
 
     async fn active_executions_of(&self, workflow: Uuid) -> StoreResult<Vec<Uuid>> {

@@ -240,6 +240,15 @@ pub fn sandbox_processes(execution: &str) -> Vec<i32> {
     found
 }
 
+/// Waits until the execution's sandbox runs at least `n` processes.
+pub async fn wait_for_sandbox_processes(execution: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sandbox_processes(execution).len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sandbox_processes(execution).len() >= n, "the sandbox of {execution} runs {n} processes");
+}
+
 /// Waits until no process of the execution's sandbox is left.
 pub async fn assert_no_sandbox_left(execution: &str, within: Duration) {
     let deadline = Instant::now() + within;
