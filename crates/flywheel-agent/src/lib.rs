@@ -9,13 +9,16 @@
 //! `{{ input.* }}`/`{{ vars.* }}`/`{{ secrets.* }}`, [`steps`] runs each kind
 //! of step.
 
+pub mod browser;
 pub mod emit;
 pub mod steps;
 pub mod template;
 
 use anyhow::Context;
+use browser::allowlist::Allowlist;
+use browser::{Browser, BrowserOptions};
 use emit::Emitter;
-use flywheel_model::protocol::{AgentEvent, Job};
+use flywheel_model::protocol::{AgentEvent, BrowserJob, Job};
 use flywheel_model::{ErrorCode, Specification, Step};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -32,6 +35,12 @@ pub struct RunContext {
     /// The work dir (current directory of shell steps).
     pub work_dir: PathBuf,
     pub artifacts_dir: PathBuf,
+    /// The browser, when the specification needs a screen.
+    pub browser: Option<Browser>,
+    /// Take a screenshot after each action.
+    pub screenshot_every_action: bool,
+    /// Screenshots stored so far (numbers their file names).
+    pub screenshots: u32,
 }
 
 impl RunContext {
@@ -41,6 +50,20 @@ impl RunContext {
         let value = self.emitter.redact_value(value);
         self.vars.insert(name.to_owned(), value.clone());
         self.emitter.send(&AgentEvent::Output { name: name.to_owned(), value });
+    }
+
+    /// Stores a PNG as a screenshot artifact and announces it.
+    pub fn store_screenshot(&mut self, label: &str, png: &[u8], step: Option<u32>) -> anyhow::Result<String> {
+        self.screenshots += 1;
+        let clean: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .take(60)
+            .collect();
+        let name = format!("screenshot-{:03}-{clean}.png", self.screenshots);
+        std::fs::write(self.artifacts_dir.join(&name), png).with_context(|| format!("writing {name}"))?;
+        self.emitter.send(&AgentEvent::Artifact { name: name.clone(), kind: "screenshot".into(), step });
+        Ok(name)
     }
 }
 
@@ -76,12 +99,87 @@ pub async fn run_job(job: Job, work_dir: PathBuf) -> bool {
         }
     };
     let raw_steps = job.specification.get("steps").and_then(Value::as_array).cloned().unwrap_or_default();
-    let mut ctx = RunContext { emitter, input: job.input, vars: Map::new(), secrets, work_dir, artifacts_dir };
+    let mut ctx = RunContext {
+        emitter,
+        input: job.input,
+        vars: Map::new(),
+        secrets,
+        work_dir,
+        artifacts_dir,
+        browser: None,
+        screenshot_every_action: job.browser.as_ref().is_some_and(|b| b.screenshot_every_action),
+        screenshots: 0,
+    };
+    if let Some(browser_job) = &job.browser {
+        if let Err(message) = start_browser(&mut ctx, browser_job, &parsed.spec).await {
+            let ok = fail(&ctx.emitter, message.0, message.1, None);
+            close_browser(&mut ctx).await;
+            return ok;
+        }
+    }
     let ok = run_steps(&mut ctx, &parsed.spec, &raw_steps).await;
+    close_browser(&mut ctx).await;
     ctx.emitter.send(&AgentEvent::Finished { ok });
     ok
 }
 
+/// Launches the browser and opens `start_url`.
+async fn start_browser(
+    ctx: &mut RunContext,
+    job: &BrowserJob,
+    spec: &Specification,
+) -> Result<(), (ErrorCode, String)> {
+    let allowlist = Allowlist::new(&job.allowlist).map_err(|e| (ErrorCode::AgentError, e))?;
+    let options = BrowserOptions {
+        executable: PathBuf::from(&job.executable),
+        width: job.viewport_width,
+        height: job.viewport_height,
+        allowlist,
+        record_video: job.record_video,
+        downloads_dir: ctx.artifacts_dir.clone(),
+        scratch_dir: std::env::temp_dir().join("flywheel-browser"),
+    };
+    let started = Instant::now();
+    let browser = Browser::launch(&options, ctx.emitter.clone()).await.map_err(|e| (ErrorCode::SandboxError, e.0))?;
+    ctx.emitter.log("debug", format!("browser ready in {} ms", started.elapsed().as_millis()), None);
+    if let Some(url) = &spec.start_url {
+        let url = template::render_value(&Value::String(url.clone()), &ctx.input, &ctx.vars, &ctx.secrets)
+            .map_err(|e| (ErrorCode::StepFailed, format!("start_url: {e}")))?;
+        let url = url.as_str().unwrap_or_default().to_owned();
+        let started = Instant::now();
+        let deadline = started + std::time::Duration::from_secs_f64(steps::browser::DEFAULT_TIMEOUT_SECS);
+        browser
+            .page
+            .navigate(&url, deadline)
+            .await
+            .map_err(|e| (ErrorCode::StepFailed, format!("start_url: {e:#}")))?;
+        ctx.emitter.send(&AgentEvent::Action {
+            step: None,
+            action: "goto".into(),
+            target: Some(serde_json::json!({"url": url})),
+            outcome: format!("loaded {}", browser.page.url()),
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+    ctx.browser = Some(browser);
+    Ok(())
+}
+
+/// Closes the browser, storing the screen recording.
+async fn close_browser(ctx: &mut RunContext) {
+    let Some(browser) = ctx.browser.take() else { return };
+    let video = ctx.artifacts_dir.join("video.mp4");
+    match browser.close(&video).await {
+        Ok(Some(seconds)) => {
+            ctx.emitter.log("info", format!("screen recording: {seconds:.1} s"), None);
+            ctx.emitter.send(&AgentEvent::Artifact { name: "video.mp4".into(), kind: "video".into(), step: None });
+        }
+        Ok(None) => {}
+        Err(err) => ctx.emitter.log("warn", format!("no video: {err:#}"), None),
+    }
+}
+
+/// Reports an error that ends the run before its steps (nothing follows).
 fn fail(emitter: &Emitter, code: ErrorCode, message: String, step: Option<u32>) -> bool {
     emitter.send(&AgentEvent::Error { code, message, step });
     emitter.send(&AgentEvent::Finished { ok: false });
@@ -135,6 +233,11 @@ async fn run_steps(ctx: &mut RunContext, spec: &Specification, raw_steps: &[Valu
                     duration_ms,
                     error: Some(message.clone()),
                 });
+                if let Some(browser) = &ctx.browser {
+                    if let Ok(png) = browser.page.screenshot(false).await {
+                        let _ = ctx.store_screenshot(&format!("failure-step-{}", index + 1), &png, Some(index));
+                    }
+                }
                 if continue_on_error {
                     ctx.emitter.log(
                         "warn",

@@ -37,6 +37,23 @@ pub struct Job {
     /// Secret values by name, for `{{ secrets.NAME }}`; never logged.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// The browser, when the specification needs a screen.
+    #[serde(default)]
+    pub browser: Option<BrowserJob>,
+}
+
+/// How the agent starts and drives its browser.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BrowserJob {
+    /// The Chromium executable (as seen inside the sandbox).
+    pub executable: String,
+    pub viewport_width: u32,
+    pub viewport_height: u32,
+    /// URLs the browser may load; empty = anything.
+    pub allowlist: Vec<String>,
+    pub record_video: bool,
+    /// Take a screenshot after every action.
+    pub screenshot_every_action: bool,
 }
 
 /// One line of the agent's event stream.

@@ -213,7 +213,7 @@ impl Execution {
             n_screenshots: record.n_screenshots,
             output: record.output,
             output_url,
-            video_url: None,
+            video_url: record.video.as_deref().map(|name| signer.artifact_url(record.uuid, name)),
             logs_url: Some(signer.artifact_url(record.uuid, LOGS_ARTIFACT)),
             logs: None,
             logs_truncated: None,

@@ -107,7 +107,8 @@ pub trait Store: Send + Sync + 'static {
     /// Appends log entries and adds to the counters, under the lease.
     /// Returns the sequence numbers given to the entries.
     async fn append_progress(&self, lease: &Lease, progress: Progress) -> StoreResult<Vec<i64>>;
-    /// Records an artifact in the index, under the lease.
+    /// Records an artifact in the index, under the lease. A `video` artifact
+    /// becomes the execution's `video_url`.
     async fn add_artifact(&self, lease: &Lease, artifact: NewArtifact) -> StoreResult<()>;
     /// Ends an execution: writes output and final progress, and moves it to
     /// `completed` or `failed` unless it is already terminal (a stop won the

@@ -128,6 +128,8 @@ pub struct ExecutionRecord {
     pub lease_owner: Option<String>,
     /// Number of log entries.
     pub log_count: i64,
+    /// Name of the screen recording artifact.
+    pub video: Option<String>,
 }
 
 impl ExecutionRecord {

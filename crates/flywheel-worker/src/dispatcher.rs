@@ -37,6 +37,19 @@ pub struct WorkerConfig {
     /// This node is the only one using the store (embedded SQLite), so at
     /// start every running execution is an orphan of a dead process.
     pub exclusive: bool,
+    /// How executions that need a screen get their browser.
+    pub browser: BrowserSettings,
+}
+
+/// The browser every execution with a screen gets.
+#[derive(Debug, Clone)]
+pub struct BrowserSettings {
+    /// The Chromium executable.
+    pub executable: PathBuf,
+    pub viewport_width: u32,
+    pub viewport_height: u32,
+    /// The server-wide allowlist (`use_global_allowlist`).
+    pub global_allowlist: Vec<String>,
 }
 
 pub struct Dispatcher {

@@ -16,6 +16,6 @@ pub mod runtime;
 pub mod signals;
 pub mod translate;
 
-pub use dispatcher::{Dispatcher, WorkerConfig};
+pub use dispatcher::{BrowserSettings, Dispatcher, WorkerConfig};
 pub use runtime::{Runtime, SandboxError};
 pub use signals::Signals;

@@ -10,13 +10,13 @@
 use crate::runtime::{Runtime, Sandbox, SandboxSpec};
 use crate::signals::{Signals, StopHandle, StopReason};
 use crate::translate::RunState;
-use crate::WorkerConfig;
+use crate::{BrowserSettings, WorkerConfig};
 use anyhow::Context;
 use bytes::Bytes;
 use flywheel_model::log::{LogKind, LogLevel, NewLogEntry};
-use flywheel_model::protocol::{AgentEvent, Job, SANDBOX_ARTIFACTS_DIR};
+use flywheel_model::protocol::{AgentEvent, BrowserJob, Job, SANDBOX_ARTIFACTS_DIR};
 use flywheel_model::time::{now_ms, rfc3339};
-use flywheel_model::{ErrorCode, ExecutionError};
+use flywheel_model::{ErrorCode, ExecutionError, Specification};
 use flywheel_store::artifacts::is_safe_name;
 use flywheel_store::records::{ClaimedExecution, Finish, Lease, NewArtifact, Progress};
 use flywheel_store::{ArtifactStore, Store, StoreError};
@@ -85,7 +85,7 @@ pub(crate) async fn run_execution(deps: Arc<RunDeps>, claimed: ClaimedExecution)
 async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path, stop: &StopHandle) {
     let lease = &claimed.lease;
     let mut run = Run { deps, lease, state: RunState::default(), work_dir: work_dir.to_owned(), lease_lost: false };
-    let sandbox = match prepare_work_dir(claimed, work_dir).await {
+    let sandbox = match prepare_work_dir(claimed, work_dir, &deps.config.browser).await {
         Err(err) => {
             Err(ExecutionError::new(ErrorCode::SandboxError, format!("could not prepare the work dir: {err:#}")))
         }
@@ -113,8 +113,34 @@ async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path
     }
 }
 
+/// The browser part of a job, when the specification needs a screen.
+fn browser_job(specification: &serde_json::Value, settings: &BrowserSettings) -> anyhow::Result<Option<BrowserJob>> {
+    let spec = Specification::parse(specification)
+        .map_err(|errors| anyhow::anyhow!("the stored specification no longer parses: {errors:?}"))?
+        .spec;
+    if !spec.needs_browser() {
+        return Ok(None);
+    }
+    let mut allowlist = spec.url_allowlist.clone();
+    if spec.use_global_allowlist {
+        allowlist.extend(settings.global_allowlist.iter().cloned());
+    }
+    Ok(Some(BrowserJob {
+        executable: settings.executable.to_string_lossy().into_owned(),
+        viewport_width: settings.viewport_width,
+        viewport_height: settings.viewport_height,
+        allowlist,
+        record_video: spec.record_video,
+        screenshot_every_action: spec.screenshot_every_action,
+    }))
+}
+
 /// Writes `job.json` and creates `artifacts/`.
-async fn prepare_work_dir(claimed: &ClaimedExecution, work_dir: &Path) -> anyhow::Result<()> {
+async fn prepare_work_dir(
+    claimed: &ClaimedExecution,
+    work_dir: &Path,
+    browser: &BrowserSettings,
+) -> anyhow::Result<()> {
     tokio::fs::create_dir_all(work_dir.join("artifacts"))
         .await
         .with_context(|| format!("creating {}", work_dir.display()))?;
@@ -128,6 +154,7 @@ async fn prepare_work_dir(claimed: &ClaimedExecution, work_dir: &Path) -> anyhow
         input: record.input_payload.clone(),
         artifacts_dir: SANDBOX_ARTIFACTS_DIR.to_owned(),
         secrets: Default::default(),
+        browser: browser_job(&claimed.specification, browser)?,
     };
     let bytes = serde_json::to_vec(&job).context("encoding the job")?;
     tokio::fs::write(work_dir.join("job.json"), bytes).await.context("writing job.json")?;
@@ -185,9 +212,16 @@ impl Run<'_> {
                 }
                 line = stderr.next_line(), if stderr_open => match line {
                     Ok(Some(line)) => {
-                        push_tail(&mut stderr_tail, &line);
-                        let entry = NewLogEntry::new(LogKind::Log, LogLevel::Warn, line);
-                        if self.persist(Progress { entries: vec![entry], ..Default::default() }).await.is_err() {
+                        let mut entries = Vec::new();
+                        let mut next = Some(line);
+                        while let Some(line) = next.take() {
+                            push_tail(&mut stderr_tail, &line);
+                            entries.push(NewLogEntry::new(LogKind::Log, LogLevel::Warn, line));
+                            if let Some(Ok(Some(more))) = stderr.next_line().now_or_never() {
+                                next = Some(more);
+                            }
+                        }
+                        if self.persist(Progress { entries, ..Default::default() }).await.is_err() {
                             break End::LeaseLost;
                         }
                     }

@@ -11,7 +11,7 @@ use flywheel_server::{App, ServerConfig};
 use flywheel_store::sqlite::{Durability, SqliteStore};
 use flywheel_store::{LocalArtifactStore, Store};
 use flywheel_worker::runtime::bubblewrap::{BubblewrapConfig, BubblewrapRuntime};
-use flywheel_worker::{Dispatcher, Runtime, Signals, WorkerConfig};
+use flywheel_worker::{BrowserSettings, Dispatcher, Runtime, Signals, WorkerConfig};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -44,6 +44,17 @@ pub struct ServeArgs {
     /// The bubblewrap program.
     #[arg(long, env = "FLYWHEEL_BWRAP", default_value = "bwrap")]
     pub bwrap_path: PathBuf,
+    /// The Chromium executable for browser steps (default: the first of
+    /// /usr/lib/chromium/chromium, /usr/bin/chromium, /usr/bin/chromium-browser, /usr/bin/google-chrome).
+    #[arg(long, env = "FLYWHEEL_CHROMIUM")]
+    pub chromium_path: Option<PathBuf>,
+    /// The browser's viewport, WIDTHxHEIGHT.
+    #[arg(long, env = "FLYWHEEL_VIEWPORT", default_value = "1280x720", value_parser = parse_viewport)]
+    pub viewport: (u32, u32),
+    /// The server-wide URL allowlist (comma-separated), added to each
+    /// workflow's url_allowlist unless it sets use_global_allowlist: false.
+    #[arg(long, env = "FLYWHEEL_URL_ALLOWLIST", value_delimiter = ',')]
+    pub url_allowlist: Vec<String>,
     /// Give sandboxes no network at all (http steps and browsers then only reach nothing).
     #[arg(long, env = "FLYWHEEL_SANDBOX_NO_NETWORK")]
     pub sandbox_no_network: bool,
@@ -72,6 +83,30 @@ pub struct ServeArgs {
     /// Serve the API only: queue executions but run none on this node.
     #[arg(long)]
     pub no_workers: bool,
+}
+
+fn parse_viewport(raw: &str) -> Result<(u32, u32), String> {
+    let (w, h) = raw.split_once(['x', 'X']).ok_or("expected WIDTHxHEIGHT, like 1280x720")?;
+    let (w, h): (u32, u32) = (w.trim().parse().map_err(|_| "bad width")?, h.trim().parse().map_err(|_| "bad height")?);
+    if !(200..=4096).contains(&w) || !(200..=4096).contains(&h) {
+        return Err("width and height must be between 200 and 4096".into());
+    }
+    Ok((w, h))
+}
+
+/// The configured Chromium, else the first one found on the machine.
+fn find_chromium(configured: Option<&Path>) -> PathBuf {
+    if let Some(path) = configured {
+        return path.to_owned();
+    }
+    const CANDIDATES: &[&str] = &[
+        "/usr/lib/chromium/chromium",
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+        "/opt/google/chrome/chrome",
+    ];
+    CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(CANDIDATES[0]))
 }
 
 pub fn main(args: ServeArgs) -> ExitCode {
@@ -143,6 +178,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let artifacts = Arc::new(LocalArtifactStore::new(&data_dir.join("artifacts"))?);
 
     let agent_exe = std::env::current_exe().context("could not find the flywheel binary")?;
+    let chromium = find_chromium(args.chromium_path.as_deref());
+    if !chromium.is_file() {
+        warn!(
+            "Chromium was not found at {}: executions with browser steps will fail (apt-get install chromium)",
+            chromium.display()
+        );
+    }
+    // A browser installed outside /usr must be visible in the sandbox too.
+    let chromium_dir = chromium.canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+    let extra_ro_binds = chromium_dir.into_iter().filter(|dir| !dir.starts_with("/usr")).collect();
     let runtime: Arc<dyn Runtime> = Arc::new(
         BubblewrapRuntime::new(BubblewrapConfig {
             bwrap: args.bwrap_path.clone(),
@@ -150,6 +195,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             hidden_paths: vec![data_dir.clone()],
             isolate_network: args.sandbox_no_network,
             etc_dir: data_dir.join("sandbox-etc"),
+            extra_ro_binds,
         })
         .context("could not assemble the sandboxes' /etc")?,
     );
@@ -174,6 +220,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         work_root: data_dir.join("sandboxes"),
         keep_work_dirs: args.keep_work_dirs,
         exclusive: true,
+        browser: BrowserSettings {
+            executable: chromium,
+            viewport_width: args.viewport.0,
+            viewport_height: args.viewport.1,
+            global_allowlist: args
+                .url_allowlist
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        },
     };
     let dispatcher = Dispatcher::new(store.clone(), artifacts.clone(), runtime, signals.clone(), worker_config.clone());
     dispatcher.recover().await?;

@@ -73,8 +73,17 @@ async fn an_execution_runs_to_completion_with_everything_recorded() {
     let names: Vec<&str> = artifacts["items"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
     for name in ["output.json", "logs.jsonl", "report.txt"] {
         assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    for name in ["output.json", "report.txt"] {
         assert!(artifact_path(&server.data_dir, &id, name).is_file(), "{name} is on disk");
     }
+    // The log file is written right after the final status.
+    let log_file = artifact_path(&server.data_dir, &id, "logs.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !log_file.is_file() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(log_file.is_file(), "logs.jsonl is on disk");
 
     // Signed links work without the key, only for their artifact, and not when tampered with.
     let plain = reqwest::Client::new();

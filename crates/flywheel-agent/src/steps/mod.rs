@@ -1,6 +1,7 @@
 //! Running one step. Each kind lives in its own module; this one dispatches
 //! and applies the step's `timeout`.
 
+pub mod browser;
 mod http;
 mod shell;
 
@@ -11,8 +12,10 @@ use std::time::Duration;
 
 /// Runs `step` (already rendered). An error fails the step.
 pub async fn run_step(ctx: &mut RunContext, index: u32, step: &Step) -> anyhow::Result<()> {
+    let browser_step = step.action.needs_browser();
     let work = run_action(ctx, index, step);
-    match step.timeout {
+    // Browser steps apply their timeout themselves (as the wait budget).
+    match step.timeout.filter(|_| !browser_step) {
         Some(secs) => tokio::time::timeout(Duration::from_secs_f64(secs), work)
             .await
             .map_err(|_| anyhow!("the step took longer than its timeout of {secs} s"))?,
@@ -33,8 +36,6 @@ async fn run_action(ctx: &mut RunContext, index: u32, step: &Step) -> anyhow::Re
             Ok(())
         }
         StepAction::Agent(_) => bail!("agent steps need the AI agent, which this Flywheel build does not include yet"),
-        other => {
-            bail!("the {} step needs a browser screen, which this Flywheel build does not include yet", other.kind())
-        }
+        _ => browser::run(ctx, index, step).await,
     }
 }

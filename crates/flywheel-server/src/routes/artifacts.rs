@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flywheel_store::artifacts::is_safe_name;
+use flywheel_store::records::ArtifactRecord;
 use flywheel_store::StoreError;
 use std::sync::Arc;
 
@@ -22,7 +23,20 @@ use std::sync::Arc;
 pub async fn list_artifacts(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<ArtifactList>> {
     let id = execution_id(&id)?;
     app.store.get_execution(id).await?;
-    let items = app.store.list_artifacts(id).await?;
+    let mut items = app.store.list_artifacts(id).await?;
+    // The log is always there: until the worker stores the file (once the
+    // execution has ended), it is rendered from the entries written so far.
+    if !items.iter().any(|a| a.name == LOGS_ARTIFACT) {
+        let text = flywheel_worker::run::render_full_log(app.store.as_ref(), id).await?;
+        items.push(ArtifactRecord {
+            execution: id,
+            name: LOGS_ARTIFACT.to_owned(),
+            kind: "logs".to_owned(),
+            content_type: "application/x-ndjson".to_owned(),
+            size: text.len() as i64,
+            created_at: flywheel_model::time::now_ms(),
+        });
+    }
     Ok(Json(ArtifactList { items: items.into_iter().map(|a| Artifact::from_record(a, &app.signer)).collect() }))
 }
 

@@ -49,6 +49,8 @@ CREATE TABLE executions (
     n_agent_actions       INTEGER NOT NULL DEFAULT 0,
     n_screenshots         INTEGER NOT NULL DEFAULT 0,
     output                TEXT,
+    -- Name of the screen recording artifact, once there is one.
+    video_artifact        TEXT,
     timeout_ms            INTEGER NOT NULL,
     retry_attempts        INTEGER NOT NULL DEFAULT 0,
     concurrency           INTEGER,

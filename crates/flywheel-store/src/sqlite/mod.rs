@@ -265,6 +265,7 @@ async fn insert_queued_execution(
         limits: new.limits,
         lease_owner: None,
         log_count: 1,
+        video: None,
     })
 }
 
@@ -749,6 +750,13 @@ impl Store for SqliteStore {
                     .bind(now_ms())
                     .execute(&mut *conn)
                     .await?;
+                    if artifact.kind == "video" {
+                        sqlx::query("UPDATE executions SET video_artifact = ? WHERE uuid = ?")
+                            .bind(&artifact.name)
+                            .bind(artifact.execution.to_string())
+                            .execute(&mut *conn)
+                            .await?;
+                    }
                     Ok(())
                 })
             })

@@ -70,6 +70,9 @@ pub struct BubblewrapConfig {
     pub isolate_network: bool,
     /// Where the sandbox's `/etc` is assembled from [`ETC_FILES`].
     pub etc_dir: PathBuf,
+    /// More directories to show read-only at the same path (a browser
+    /// installed outside `/usr`).
+    pub extra_ro_binds: Vec<PathBuf>,
 }
 
 pub struct BubblewrapRuntime {
@@ -132,6 +135,12 @@ impl BubblewrapRuntime {
         for file in LIVE_ETC_FILES {
             args.extend(["--ro-bind-try".into(), (*file).to_owned(), (*file).to_owned()]);
         }
+        for dir in &self.config.extra_ro_binds {
+            let dir = dir.to_string_lossy().into_owned();
+            args.extend(["--ro-bind-try".into(), dir.clone(), dir]);
+        }
+        // Fontconfig's cache, so the browser does not rebuild it every time.
+        args.extend(["--ro-bind-try".into(), "/var/cache/fontconfig".into(), "/var/cache/fontconfig".into()]);
         args.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].iter().map(|s| (*s).to_owned()));
         // A data dir under a bound system directory must still be invisible.
         for hidden in &self.config.hidden_paths {
@@ -329,6 +338,7 @@ mod tests {
                 hidden_paths: vec![PathBuf::from(hidden)],
                 isolate_network: false,
                 etc_dir: "/srv/etc".into(),
+                extra_ro_binds: vec![],
             },
         }
     }
