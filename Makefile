@@ -1,26 +1,37 @@
 # Flywheel: two commands do everything.
-#   make run    installs what is missing, builds, starts Flywheel (SQLite, local sandboxes, example workflow)
+#   make run    installs what is missing, builds, starts Flywheel (SQLite, local sandboxes, example workflows)
 #   make test   runs every test
 # Also: make build, make lint, make bench, make deps, make clean.
+# Variables: LISTEN=127.0.0.1:8080 DATA_DIR=./data
 
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
-# Debian packages Flywheel needs at run time and for its tests.
-APT_PACKAGES := bubblewrap wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run build test lint bench deps clean
+# command:Debian package, for what Flywheel runs (sandboxes, browser, video).
+RUNTIME_DEPS := bwrap:bubblewrap chromium:chromium ffmpeg:ffmpeg fc-list:fonts-liberation
+# and for the benchmarks.
+BENCH_DEPS := wrk:wrk
 
-deps:
+.PHONY: run build test lint bench deps bench-deps clean
+
+define install_missing
 	@command -v $(CARGO) >/dev/null || { echo "Rust is missing: install it with rustup (https://rustup.rs), then run make again." >&2; exit 1; }
-	@missing=""; \
-	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
-	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	@missing=""; for pair in $(1); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  if [ "$$pkg" = fonts-liberation ]; then dpkg -s fonts-liberation >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	  else command -v $$cmd >/dev/null || missing="$$missing $$pkg"; fi; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing:$$missing"; \
 	  $(SUDO) apt-get install -y -q $$missing >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q $$missing; }; \
 	fi
+endef
+
+deps:
+	$(call install_missing,$(RUNTIME_DEPS))
+
+bench-deps: deps
+	$(call install_missing,$(BENCH_DEPS))
 
 build: deps
 	$(CARGO) build --release --locked
@@ -35,7 +46,7 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-bench: build
+bench: bench-deps build
 	$(CARGO) run --release --locked -p flywheel-bench -- --binary target/release/flywheel
 
 clean:

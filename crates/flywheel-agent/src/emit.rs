@@ -2,20 +2,18 @@
 //! secret value masked before it leaves the agent.
 
 use flywheel_model::protocol::AgentEvent;
+use flywheel_model::redact::Redactor;
 use serde_json::Value;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-/// What a masked secret looks like.
-pub const MASK: &str = "***";
+pub use flywheel_model::redact::MASK;
 
 /// Sends events. Cheap to clone; all clones write to the same stream in order.
 #[derive(Clone)]
 pub struct Emitter {
     out: Arc<Mutex<Box<dyn Write + Send>>>,
-    /// Secret values to mask, longest first so a secret that contains
-    /// another is masked whole.
-    secrets: Arc<Vec<String>>,
+    redactor: Arc<Redactor>,
 }
 
 impl Emitter {
@@ -24,17 +22,15 @@ impl Emitter {
         Emitter::to_writer(Box::new(std::io::stdout()), secrets)
     }
 
-    pub fn to_writer(out: Box<dyn Write + Send>, mut secrets: Vec<String>) -> Emitter {
-        secrets.retain(|s| !s.is_empty());
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Emitter { out: Arc::new(Mutex::new(out)), secrets: Arc::new(secrets) }
+    pub fn to_writer(out: Box<dyn Write + Send>, secrets: Vec<String>) -> Emitter {
+        Emitter { out: Arc::new(Mutex::new(out)), redactor: Arc::new(Redactor::new(secrets)) }
     }
 
     /// Writes one event as a line. A closed stdout means the worker is gone;
     /// there is nobody left to tell, so the error is ignored.
     pub fn send(&self, event: &AgentEvent) {
         let Ok(line) = serde_json::to_string(event) else { return };
-        let line = self.redact_json_line(&line);
+        let line = self.redactor.redact_json_text(&line);
         if let Ok(mut out) = self.out.lock() {
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
@@ -48,43 +44,12 @@ impl Emitter {
 
     /// Masks every secret value in `text`.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for secret in self.secrets.iter() {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), MASK);
-            }
-        }
-        out
+        self.redactor.redact(text)
     }
 
     /// Masks secrets inside every string of a JSON value.
     pub fn redact_value(&self, value: Value) -> Value {
-        if self.secrets.is_empty() {
-            return value;
-        }
-        match value {
-            Value::String(s) => Value::String(self.redact(&s)),
-            Value::Array(items) => Value::Array(items.into_iter().map(|v| self.redact_value(v)).collect()),
-            Value::Object(map) => {
-                Value::Object(map.into_iter().map(|(k, v)| (self.redact(&k), self.redact_value(v))).collect())
-            }
-            other => other,
-        }
-    }
-
-    /// Masks secrets in a serialized line, in their raw and JSON-escaped forms.
-    fn redact_json_line(&self, line: &str) -> String {
-        let mut out = line.to_owned();
-        for secret in self.secrets.iter() {
-            let escaped = serde_json::to_string(secret).unwrap_or_default();
-            let escaped = escaped.trim_matches('"');
-            for form in [escaped, secret.as_str()] {
-                if !form.is_empty() && out.contains(form) {
-                    out = out.replace(form, MASK);
-                }
-            }
-        }
-        out
+        self.redactor.redact_value(value)
     }
 }
 

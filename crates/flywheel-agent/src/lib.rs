@@ -41,6 +41,8 @@ pub struct RunContext {
     pub screenshot_every_action: bool,
     /// Screenshots stored so far (numbers their file names).
     pub screenshots: u32,
+    /// When the agent started (seconds since the epoch).
+    pub run_started: f64,
 }
 
 impl RunContext {
@@ -109,6 +111,7 @@ pub async fn run_job(job: Job, work_dir: PathBuf) -> bool {
         browser: None,
         screenshot_every_action: job.browser.as_ref().is_some_and(|b| b.screenshot_every_action),
         screenshots: 0,
+        run_started: browser::recorder::epoch_secs(),
     };
     if let Some(browser_job) = &job.browser {
         if let Err(message) = start_browser(&mut ctx, browser_job, &parsed.spec).await {
@@ -138,6 +141,7 @@ async fn start_browser(
         record_video: job.record_video,
         downloads_dir: ctx.artifacts_dir.clone(),
         scratch_dir: std::env::temp_dir().join("flywheel-browser"),
+        run_started: ctx.run_started,
     };
     let started = Instant::now();
     let browser = Browser::launch(&options, ctx.emitter.clone()).await.map_err(|e| (ErrorCode::SandboxError, e.0))?;
@@ -218,9 +222,12 @@ async fn run_steps(ctx: &mut RunContext, spec: &Specification, raw_steps: &[Valu
             ),
         };
         ctx.emitter.send(&AgentEvent::StepStarted { index, kind, label: label.clone() });
-        let result = match prepared {
-            Ok(step) => steps::run_step(ctx, index, &step).await,
-            Err(err) => Err(anyhow::anyhow!(err)),
+        // A step that cannot even be rendered failed because of its input
+        // (or a value an earlier step did not produce): running it again
+        // would fail the same way, so it is not a retryable step failure.
+        let (result, code) = match prepared {
+            Ok(step) => (steps::run_step(ctx, index, &step).await, ErrorCode::StepFailed),
+            Err(err) => (Err(anyhow::anyhow!(err)), ErrorCode::InvalidInput),
         };
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
@@ -249,7 +256,7 @@ async fn run_steps(ctx: &mut RunContext, spec: &Specification, raw_steps: &[Valu
                     );
                 } else {
                     ctx.emitter.send(&AgentEvent::Error {
-                        code: ErrorCode::StepFailed,
+                        code,
                         message: format!("step {} ({label}) failed: {message}", index + 1),
                         step: Some(index),
                     });

@@ -62,7 +62,7 @@ impl FieldError {
             return FieldError::new(loc, "missing", "Field required");
         }
         let kind = if msg.starts_with("invalid type") { "type_error" } else { "value_error" };
-        FieldError::new(loc, kind, msg)
+        FieldError::new(loc, kind, without_rust_names(&msg))
     }
 }
 
@@ -90,6 +90,14 @@ fn path_segments(path: &serde_path_to_error::Path) -> Vec<LocSegment> {
             Segment::Unknown => None,
         })
         .collect()
+}
+
+/// serde says "expected struct GotoStep"; people need "expected an object".
+fn without_rust_names(msg: &str) -> String {
+    match msg.find("expected struct ") {
+        Some(pos) => format!("{}expected an object", &msg[..pos]),
+        None => msg.to_owned(),
+    }
 }
 
 /// serde_json appends " at line 1 column 42" to messages, which means nothing

@@ -11,6 +11,7 @@ pub mod field_error;
 pub mod lifecycle;
 pub mod log;
 pub mod protocol;
+pub mod redact;
 pub mod spec;
 pub mod step;
 pub mod time;

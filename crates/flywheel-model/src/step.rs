@@ -297,11 +297,13 @@ impl Step {
         let mut warnings = Vec::new();
         let mut action_keys = obj.keys().filter(|k| ACTION_KINDS.contains(&k.as_str()));
         let Some(kind) = action_keys.next() else {
-            return Err(FieldError::new(
-                vec![],
-                "value_error",
-                format!("the step has no action; expected one of: {}", ACTION_KINDS.join(", ")),
-            ));
+            let others: Vec<&String> =
+                obj.keys().filter(|k| !COMMON_KEYS.contains(&k.as_str()) && *k != "continueOnError").collect();
+            let msg = match others.as_slice() {
+                [one] => format!("unknown action {one:?}; expected one of: {}", ACTION_KINDS.join(", ")),
+                _ => format!("the step has no action; expected one of: {}", ACTION_KINDS.join(", ")),
+            };
+            return Err(FieldError::new(vec![], "value_error", msg));
         };
         if let Some(second) = action_keys.next() {
             return Err(FieldError::new(
@@ -459,6 +461,13 @@ fn parse_action(kind: &str, body: &Value) -> Result<StepAction, FieldError> {
         "set" => StepAction::Set(from_value(body)?),
         "wait" => {
             let wait: WaitStep = match body {
+                Value::String(_) | Value::Bool(_) | Value::Array(_) | Value::Null => {
+                    return Err(FieldError::new(
+                        vec![],
+                        "type_error",
+                        format!("wait needs a number of seconds, like `wait: 2`; got {}", json_type(body)),
+                    ))
+                }
                 Value::Number(_) => {
                     let mut map = Map::new();
                     map.insert("seconds".to_owned(), body.clone());
@@ -523,7 +532,13 @@ mod tests {
         assert!(err.msg.contains("exactly one action"));
 
         let err = parse(json!({"frobnicate": 1})).unwrap_err();
-        assert!(err.msg.contains("no action"));
+        assert!(err.msg.starts_with("unknown action \"frobnicate\""), "{}", err.msg);
+        let err = parse(json!({"name": "only a label"})).unwrap_err();
+        assert!(err.msg.contains("no action"), "{}", err.msg);
+        let err = parse(json!({"wait": "soon"})).unwrap_err();
+        assert!(err.msg.contains("number of seconds"), "{}", err.msg);
+        let err = parse(json!({"goto": 5})).unwrap_err();
+        assert!(!err.msg.contains("struct"), "no Rust type names: {}", err.msg);
 
         assert!(parse(json!({"click": {"x": 1}})).is_err());
         assert!(parse(json!({"wait": -1})).is_err());

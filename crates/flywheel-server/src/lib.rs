@@ -17,6 +17,7 @@ use auth::{KeyCache, UrlSigner};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
+use flywheel_store::secrets::SecretCipher;
 use flywheel_store::{ArtifactStore, Store};
 use flywheel_worker::Signals;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -52,6 +53,8 @@ pub struct App {
     pub signer: UrlSigner,
     /// Recently verified API keys.
     pub keys: KeyCache,
+    /// Seals secret values.
+    pub secrets: Arc<SecretCipher>,
     /// Compiled payload schemas, by workflow version.
     pub payload_validators: payload::ValidatorCache,
     /// Renders `/metrics`; `None` when no recorder is installed (tests).
@@ -61,7 +64,7 @@ pub struct App {
 
 /// The whole HTTP app.
 pub fn router(app: Arc<App>) -> Router {
-    use routes::{artifacts, events, executions, system, workflows};
+    use routes::{artifacts, demo, events, executions, secrets, system, workflows};
     let protected = Router::new()
         .route("/api/workflows", post(workflows::create_workflow).get(workflows::list_workflows))
         .route(
@@ -79,6 +82,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/executions/{id}/logs", get(executions::list_logs))
         .route("/api/executions/{id}/events", get(events::execution_events))
         .route("/api/executions/{id}/artifacts", get(artifacts::list_artifacts))
+        .route("/api/secrets", get(secrets::list_secrets))
+        .route("/api/secrets/{name}", axum::routing::put(secrets::put_secret).delete(secrets::delete_secret))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_key));
     Router::new()
         .merge(protected)
@@ -87,7 +92,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/health", get(system::health))
         .route("/api/openapi.json", get(system::openapi_json))
         .route("/metrics", get(system::metrics))
+        .route("/demo/login", get(demo::login))
+        .route("/demo/invoices", get(demo::invoices))
+        .route("/demo/invoices.csv", get(demo::invoices_csv))
         .fallback(system::not_found)
+        .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }

@@ -1,7 +1,7 @@
 //! The OpenAPI document, generated from the handlers' annotations. A
 //! snapshot test keeps it from changing by accident.
 
-use crate::routes::{artifacts, events, executions, system, workflows};
+use crate::routes::{artifacts, events, executions, secrets, system, workflows};
 use crate::views;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -15,17 +15,19 @@ use utoipa::{Modify, OpenApi};
         executions::execute_workflow, executions::run_workflow, executions::list_executions, executions::get_execution,
         executions::retry_execution, executions::stop_execution, executions::list_logs,
         events::execution_events, artifacts::list_artifacts, artifacts::download_artifact,
+        secrets::put_secret, secrets::list_secrets, secrets::delete_secret,
         system::health, system::openapi_json,
     ),
     components(schemas(
         views::Workflow, views::WorkflowVersion, views::Execution, views::ExecutionErrorView, views::LogEntryView,
         views::Artifact, views::WorkflowPage, views::ExecutionPage, views::VersionList, views::LogPage,
         views::ArtifactList, views::Health, views::ErrorBody,
-        workflows::CreateWorkflow, workflows::UpdateWorkflow, executions::ExecuteWorkflow,
+        views::Secret, views::SecretList,
+        workflows::CreateWorkflow, workflows::UpdateWorkflow, executions::ExecuteWorkflow, secrets::PutSecret,
     )),
     modifiers(&Security),
     security(("bearer" = []), ("x_api_key" = []), ("kinetic_api_key" = [])),
-    tags((name = "workflows"), (name = "executions"), (name = "artifacts"), (name = "system")),
+    tags((name = "workflows"), (name = "executions"), (name = "artifacts"), (name = "secrets"), (name = "system")),
 )]
 pub struct ApiDoc;
 

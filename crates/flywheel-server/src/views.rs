@@ -298,3 +298,17 @@ pub struct ErrorBody {
     #[schema(value_type = Object)]
     pub detail: Value,
 }
+
+/// A secret's name and dates; its value is never returned.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Secret {
+    pub name: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The secrets, by name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecretList {
+    pub items: Vec<Secret>,
+}

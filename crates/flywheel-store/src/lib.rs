@@ -14,6 +14,7 @@
 
 pub mod artifacts;
 pub mod records;
+pub mod secrets;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -150,4 +151,14 @@ pub trait Store: Send + Sync + 'static {
     async fn setting_or_init(&self, key: &str, initial: &str) -> StoreResult<String>;
     /// Number of executions in each status.
     async fn count_executions_by_status(&self) -> StoreResult<Vec<(ExecutionStatus, i64)>>;
+
+    // ---- secrets (sealed; see [`secrets`]) ----
+
+    /// Creates or replaces a secret; returns whether it is new.
+    async fn put_secret(&self, name: &str, sealed: secrets::Sealed) -> StoreResult<bool>;
+    /// Names and dates, never values.
+    async fn list_secrets(&self) -> StoreResult<Vec<SecretInfo>>;
+    /// The sealed values of the named secrets that exist.
+    async fn get_secrets(&self, names: &[String]) -> StoreResult<Vec<(String, secrets::Sealed)>>;
+    async fn delete_secret(&self, name: &str) -> StoreResult<()>;
 }

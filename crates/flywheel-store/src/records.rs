@@ -250,3 +250,11 @@ pub struct ApiKeyRecord {
     pub role: String,
     pub created_at: i64,
 }
+
+/// A secret, without its value.
+#[derive(Debug, Clone)]
+pub struct SecretInfo {
+    pub name: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

@@ -411,3 +411,21 @@ async fn api_keys_and_settings() {
     assert_eq!(s.setting_or_init("secret", "one").await.unwrap(), "one");
     assert_eq!(s.setting_or_init("secret", "two").await.unwrap(), "one");
 }
+
+#[tokio::test]
+async fn secrets_are_stored_sealed_and_listed_without_values() {
+    use flywheel_store::secrets::Sealed;
+    let t = sqlite().await;
+    let s = t.store.as_ref();
+    let sealed = Sealed { nonce: vec![1; 12], ciphertext: vec![9, 9, 9] };
+    assert!(s.put_secret("TOKEN", sealed.clone()).await.unwrap());
+    let replaced = Sealed { nonce: vec![2; 12], ciphertext: vec![8] };
+    assert!(!s.put_secret("TOKEN", replaced.clone()).await.unwrap(), "a second put replaces");
+    s.put_secret("OTHER", sealed.clone()).await.unwrap();
+    let names: Vec<String> = s.list_secrets().await.unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["OTHER", "TOKEN"]);
+    let got = s.get_secrets(&["TOKEN".into(), "MISSING".into()]).await.unwrap();
+    assert_eq!(got, vec![("TOKEN".to_owned(), replaced)]);
+    s.delete_secret("TOKEN").await.unwrap();
+    assert!(matches!(s.delete_secret("TOKEN").await, Err(StoreError::NotFound(_))));
+}

@@ -8,6 +8,7 @@ use crate::runtime::Runtime;
 use crate::signals::{Signals, StopReason};
 use anyhow::Context;
 use flywheel_model::time::now_ms;
+use flywheel_store::secrets::SecretCipher;
 use flywheel_store::{ArtifactStore, Store};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,12 +68,13 @@ pub struct DispatcherHandle {
 impl Dispatcher {
     pub fn new(
         store: Arc<dyn Store>,
+        secrets: Arc<SecretCipher>,
         artifacts: Arc<dyn ArtifactStore>,
         runtime: Arc<dyn Runtime>,
         signals: Signals,
         config: WorkerConfig,
     ) -> Dispatcher {
-        Dispatcher { deps: Arc::new(RunDeps { store, artifacts, runtime, signals, config }) }
+        Dispatcher { deps: Arc::new(RunDeps { store, secrets, artifacts, runtime, signals, config }) }
     }
 
     /// Cleans up after a previous process: fails (or retries) executions it
@@ -176,6 +178,9 @@ async fn reap_expired(deps: &RunDeps) {
         Ok(reaped) => {
             for outcome in reaped {
                 warn!(execution = %outcome.record.uuid, retry = ?outcome.retry, "lease expired: worker_lost");
+                if outcome.retry.is_some() {
+                    metrics::counter!("flywheel_executions_created_total").increment(1);
+                }
                 deps.signals.log_appended(outcome.record.uuid);
             }
         }

@@ -15,10 +15,12 @@ use anyhow::Context;
 use bytes::Bytes;
 use flywheel_model::log::{LogKind, LogLevel, NewLogEntry};
 use flywheel_model::protocol::{AgentEvent, BrowserJob, Job, SANDBOX_ARTIFACTS_DIR};
+use flywheel_model::redact::Redactor;
 use flywheel_model::time::{now_ms, rfc3339};
 use flywheel_model::{ErrorCode, ExecutionError, Specification};
 use flywheel_store::artifacts::is_safe_name;
 use flywheel_store::records::{ClaimedExecution, Finish, Lease, NewArtifact, Progress};
+use flywheel_store::secrets::SecretCipher;
 use flywheel_store::{ArtifactStore, Store, StoreError};
 use futures::FutureExt;
 use serde_json::{json, Value};
@@ -38,6 +40,7 @@ const STDERR_TAIL: usize = 4096;
 /// Everything a run needs, shared by all runs of a dispatcher.
 pub(crate) struct RunDeps {
     pub store: Arc<dyn Store>,
+    pub secrets: Arc<SecretCipher>,
     pub artifacts: Arc<dyn ArtifactStore>,
     pub runtime: Arc<dyn Runtime>,
     pub signals: Signals,
@@ -84,16 +87,30 @@ pub(crate) async fn run_execution(deps: Arc<RunDeps>, claimed: ClaimedExecution)
 
 async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path, stop: &StopHandle) {
     let lease = &claimed.lease;
-    let mut run = Run { deps, lease, state: RunState::default(), work_dir: work_dir.to_owned(), lease_lost: false };
-    let sandbox = match prepare_work_dir(claimed, work_dir, &deps.config.browser).await {
-        Err(err) => {
-            Err(ExecutionError::new(ErrorCode::SandboxError, format!("could not prepare the work dir: {err:#}")))
+    let mut run = Run {
+        deps,
+        lease,
+        state: RunState::default(),
+        work_dir: work_dir.to_owned(),
+        lease_lost: false,
+        redactor: Redactor::default(),
+    };
+    let sandbox = match build_job(deps, claimed).await {
+        Err(error) => Err(error),
+        Ok((job, redactor)) => {
+            run.redactor = redactor;
+            match write_work_dir(&job, work_dir).await {
+                Err(err) => Err(ExecutionError::new(
+                    ErrorCode::SandboxError,
+                    format!("could not prepare the work dir: {err:#}"),
+                )),
+                Ok(()) => deps
+                    .runtime
+                    .start(&SandboxSpec { execution: lease.execution, work_dir: work_dir.to_owned() })
+                    .await
+                    .map_err(|e| ExecutionError::new(ErrorCode::SandboxError, e.0)),
+            }
         }
-        Ok(()) => deps
-            .runtime
-            .start(&SandboxSpec { execution: lease.execution, work_dir: work_dir.to_owned() })
-            .await
-            .map_err(|e| ExecutionError::new(ErrorCode::SandboxError, e.0)),
     };
     let error = match sandbox {
         Err(error) => Some(error),
@@ -135,15 +152,49 @@ fn browser_job(specification: &serde_json::Value, settings: &BrowserSettings) ->
     }))
 }
 
-/// Writes `job.json` and creates `artifacts/`.
-async fn prepare_work_dir(
-    claimed: &ClaimedExecution,
-    work_dir: &Path,
-    browser: &BrowserSettings,
-) -> anyhow::Result<()> {
-    tokio::fs::create_dir_all(work_dir.join("artifacts"))
-        .await
-        .with_context(|| format!("creating {}", work_dir.display()))?;
+/// Names of the secrets a specification uses (`secrets.NAME`, `secrets["NAME"]`).
+fn referenced_secrets(specification: &serde_json::Value) -> Vec<String> {
+    static PATTERN: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let pattern = PATTERN.get_or_init(|| {
+        regex::Regex::new(r#"secrets\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*['"]([A-Za-z_][A-Za-z0-9_]*)['"]\s*\])"#)
+            .unwrap_or_else(|_| unreachable!("the pattern is valid"))
+    });
+    let text = specification.to_string();
+    let mut names: Vec<String> = pattern
+        .captures_iter(&text)
+        .filter_map(|c| c.get(1).or_else(|| c.get(2)).map(|m| m.as_str().to_owned()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Everything the agent gets, and the redactor for what it sends back. A
+/// secret the specification uses but nobody set fails the run here.
+async fn build_job(deps: &RunDeps, claimed: &ClaimedExecution) -> Result<(Job, Redactor), ExecutionError> {
+    let internal = |err: anyhow::Error| {
+        ExecutionError::new(ErrorCode::SandboxError, format!("could not prepare the job: {err:#}"))
+    };
+    let names = referenced_secrets(&claimed.specification);
+    let mut secrets = std::collections::BTreeMap::new();
+    if !names.is_empty() {
+        let sealed = deps.store.get_secrets(&names).await.map_err(|e| internal(e.into()))?;
+        for (name, sealed) in sealed {
+            let value = deps.secrets.open(&name, &sealed).map_err(internal)?;
+            secrets.insert(name, value);
+        }
+        let missing: Vec<&str> = names.iter().filter(|n| !secrets.contains_key(*n)).map(String::as_str).collect();
+        if !missing.is_empty() {
+            return Err(ExecutionError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "the workflow uses secrets that are not set: {} (set them with PUT /api/secrets/NAME)",
+                    missing.join(", ")
+                ),
+            ));
+        }
+    }
+    let redactor = Redactor::new(secrets.values().cloned());
     let record = &claimed.record;
     let job = Job {
         execution_uuid: record.uuid,
@@ -153,11 +204,23 @@ async fn prepare_work_dir(
         specification: claimed.specification.clone(),
         input: record.input_payload.clone(),
         artifacts_dir: SANDBOX_ARTIFACTS_DIR.to_owned(),
-        secrets: Default::default(),
-        browser: browser_job(&claimed.specification, browser)?,
+        secrets,
+        browser: browser_job(&claimed.specification, &deps.config.browser).map_err(internal)?,
     };
-    let bytes = serde_json::to_vec(&job).context("encoding the job")?;
-    tokio::fs::write(work_dir.join("job.json"), bytes).await.context("writing job.json")?;
+    Ok((job, redactor))
+}
+
+/// Writes `job.json` (readable by nobody else: it may hold secrets) and creates `artifacts/`.
+async fn write_work_dir(job: &Job, work_dir: &Path) -> anyhow::Result<()> {
+    tokio::fs::create_dir_all(work_dir.join("artifacts"))
+        .await
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    let bytes = serde_json::to_vec(job).context("encoding the job")?;
+    let path = work_dir.join("job.json");
+    tokio::fs::write(&path, bytes).await.context("writing job.json")?;
+    tokio::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .await
+        .context("job.json permissions")?;
     Ok(())
 }
 
@@ -167,6 +230,9 @@ struct Run<'a> {
     state: RunState,
     work_dir: PathBuf,
     lease_lost: bool,
+    /// Masks the run's secret values in everything stored (a second line of
+    /// defence behind the agent's own masking).
+    redactor: Redactor,
 }
 
 impl Run<'_> {
@@ -300,6 +366,7 @@ impl Run<'_> {
         if progress.is_empty() {
             return Ok(());
         }
+        self.redact(&mut progress);
         match self.deps.store.append_progress(self.lease, progress).await {
             Ok(_) => {
                 self.deps.signals.log_appended(self.lease.execution);
@@ -315,6 +382,16 @@ impl Run<'_> {
                 warn!(error = %err, "could not write progress");
                 Ok(())
             }
+        }
+    }
+
+    fn redact(&self, progress: &mut Progress) {
+        if self.redactor.is_empty() {
+            return;
+        }
+        for entry in &mut progress.entries {
+            entry.message = self.redactor.redact(&entry.message);
+            entry.data = entry.data.take().map(|d| self.redactor.redact_value(d));
         }
     }
 
@@ -407,7 +484,7 @@ impl Run<'_> {
         if error.as_ref().is_none_or(|e| e.code != ErrorCode::SandboxError) {
             self.collect_unannounced_files().await;
         }
-        let output = Value::Object(std::mem::take(&mut self.state.output));
+        let output = self.redactor.redact_value(Value::Object(std::mem::take(&mut self.state.output)));
         let has_output = output.as_object().is_some_and(|o| !o.is_empty());
         if error.is_none() || has_output {
             let bytes = Bytes::from(serde_json::to_vec_pretty(&output).unwrap_or_default());
@@ -439,6 +516,7 @@ impl Run<'_> {
         };
         self.deps.signals.log_appended(execution);
         if outcome.retry.is_some() {
+            metrics::counter!("flywheel_executions_created_total").increment(1);
             self.deps.signals.wake_dispatcher();
         }
         let record = &outcome.record;
@@ -535,5 +613,21 @@ pub fn content_type_for(name: &str) -> &'static str {
         "csv" => "text/csv; charset=utf-8",
         "pdf" => "application/pdf",
         _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_references_are_found_in_every_spelling() {
+        let spec = serde_json::json!({"steps": [
+            {"type": {"selector": "#p", "text": "{{ secrets.PORTAL_PASSWORD }}"}},
+            {"http": {"url": "x", "headers": {"a": "Bearer {{secrets . TOKEN}} {{ secrets['API_KEY'] }}"}}},
+            {"set": {"name": "x", "value": "{{ secrets.TOKEN }}"}},
+        ]});
+        assert_eq!(referenced_secrets(&spec), ["API_KEY", "PORTAL_PASSWORD", "TOKEN"]);
+        assert!(referenced_secrets(&serde_json::json!({"prompt": "no secrets here"})).is_empty());
     }
 }

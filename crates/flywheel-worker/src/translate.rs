@@ -93,12 +93,8 @@ impl RunState {
             AgentEvent::Artifact { name, kind, step } => {
                 self.pending_artifacts.push((name, kind, step));
             }
-            AgentEvent::Error { code, message, step } => {
-                progress.entries.push(
-                    NewLogEntry::new(LogKind::Error, LogLevel::Error, message.clone())
-                        .with_step(step)
-                        .with_data(json!({"code": code})),
-                );
+            // Told once, by the final status entry that carries the error.
+            AgentEvent::Error { code, message, step: _ } => {
                 if self.error.is_none() {
                     self.error = Some(ExecutionError::new(code, message));
                 }

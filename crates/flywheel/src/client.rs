@@ -3,8 +3,9 @@
 
 use crate::output::{self, LiveStatus};
 use crate::sse::SseReader;
-use crate::{ClientArgs, ExecuteArgs, ExecutionsCommand, WorkflowsCommand};
+use crate::{ClientArgs, ExecuteArgs, ExecutionsCommand, SecretsCommand, WorkflowsCommand};
 use anyhow::{anyhow, bail, Context};
+use flywheel_server::routes::workflows::slugify;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::io::{IsTerminal, Read};
@@ -16,6 +17,7 @@ pub enum ClientCommand {
     Workflows(WorkflowsCommand),
     Execute(ExecuteArgs),
     Executions(ExecutionsCommand),
+    Secrets(SecretsCommand),
 }
 
 /// Runs a client command; returns the process exit code.
@@ -41,6 +43,7 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<ExitCode> {
         ClientCommand::Workflows(cmd) => workflows(cmd).await,
         ClientCommand::Execute(args) => execute(args).await,
         ClientCommand::Executions(cmd) => executions(cmd).await,
+        ClientCommand::Secrets(cmd) => secrets(cmd).await,
     }
 }
 
@@ -205,6 +208,35 @@ async fn workflows(cmd: WorkflowsCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        WorkflowsCommand::Apply { file, client } => {
+            let body = read_workflow_file(&file)?;
+            let c = Client::new(&client)?;
+            let name = body["name"].as_str().context("the file has no name")?;
+            let slug = body["slug"].as_str().map_or_else(|| slugify(name), str::to_owned);
+            let existing = c.get(&format!("/api/workflows/{slug}")).await;
+            let (verb, workflow) = match existing {
+                Ok(current) => {
+                    let before = current["current_version"].clone();
+                    let updated = c.call(Method::PATCH, &format!("/api/workflows/{slug}"), Some(&body)).await?;
+                    let verb = if updated["current_version"] == before { "Unchanged" } else { "Updated" };
+                    (verb, updated)
+                }
+                Err(_) => ("Created", c.call(Method::POST, "/api/workflows", Some(&body)).await?),
+            };
+            if client.json {
+                print_json(&workflow);
+            } else {
+                println!(
+                    "{verb} workflow {} ({}), version {}",
+                    workflow["name"].as_str().unwrap_or_default(),
+                    workflow["slug"].as_str().unwrap_or_default(),
+                    workflow["current_version"]
+                );
+                for warning in workflow["warnings"].as_array().into_iter().flatten() {
+                    println!("warning: {}", warning.as_str().unwrap_or_default());
+                }
+            }
+        }
         WorkflowsCommand::List { limit, client } => {
             let page = Client::new(&client)?.get(&format!("/api/workflows?limit={limit}")).await?;
             if client.json {
@@ -221,8 +253,29 @@ async fn workflows(cmd: WorkflowsCommand) -> anyhow::Result<ExitCode> {
                 output::workflow_details(&wf);
             }
         }
-        WorkflowsCommand::Delete { workflow, client } => {
-            Client::new(&client)?.call(Method::DELETE, &format!("/api/workflows/{workflow}"), None).await?;
+        WorkflowsCommand::Delete { workflow, yes, client } => {
+            let c = Client::new(&client)?;
+            if !yes {
+                let wf = c.get(&format!("/api/workflows/{workflow}")).await?;
+                let question = format!(
+                    "Delete workflow {} ({}) with its {} versions, {} executions and their artifacts? [y/N] ",
+                    wf["name"].as_str().unwrap_or_default(),
+                    wf["slug"].as_str().unwrap_or_default(),
+                    wf["versions"].as_array().map_or(0, Vec::len),
+                    wf["executions"]
+                );
+                if !std::io::stdin().is_terminal() {
+                    bail!("deleting needs confirmation: pass --yes");
+                }
+                eprint!("{question}");
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer).context("could not read the answer")?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    eprintln!("Nothing deleted.");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            c.call(Method::DELETE, &format!("/api/workflows/{workflow}"), None).await?;
             if !client.json {
                 println!("Deleted workflow {workflow} with its versions, executions and artifacts");
             }
@@ -268,17 +321,34 @@ async fn announce_and_maybe_wait(
             eprintln!("warning: {}", warning.as_str().unwrap_or_default());
         }
     }
-    let live = (!args.json && std::io::stderr().is_terminal()).then(LiveStatus::new);
-    follow(client, &id, 0, |entry| {
+    let mut id = id;
+    let mut done = loop {
+        let live = (!args.json && std::io::stderr().is_terminal()).then(LiveStatus::new);
+        follow(client, &id, 0, |entry| {
+            if let Some(live) = &live {
+                live.update(entry);
+            }
+        })
+        .await?;
         if let Some(live) = &live {
-            live.update(entry);
+            live.clear();
         }
-    })
-    .await?;
-    if let Some(live) = &live {
-        live.clear();
-    }
-    let mut done = client.get(&format!("/api/executions/{id}")).await?;
+        let done = client.get(&format!("/api/executions/{id}")).await?;
+        // An automatic retry (retry_attempts) is part of the same run.
+        match done["retried_by"].as_str() {
+            Some(next) if done["error"]["code"] != "stopped" => {
+                if !args.json {
+                    eprintln!(
+                        "Attempt {} failed ({}); following its retry {next}",
+                        done["attempt"],
+                        done["error"]["message"].as_str().unwrap_or("unknown error")
+                    );
+                }
+                id = next.to_owned();
+            }
+            _ => break done,
+        }
+    };
     if args.json {
         if let Some(map) = done.as_object_mut() {
             map.remove("logs");
@@ -387,6 +457,45 @@ async fn executions(cmd: ExecutionsCommand) -> anyhow::Result<ExitCode> {
                 print_json(&stopped);
             } else {
                 println!("Stopped execution {execution}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn secrets(cmd: SecretsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SecretsCommand::Set { name, client } => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("Type the value of {name}, then press Ctrl-D:");
+            }
+            let mut value = String::new();
+            std::io::stdin().read_to_string(&mut value).context("could not read the value from stdin")?;
+            let value = value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value);
+            if value.is_empty() {
+                bail!("the value is empty: pipe it in, e.g. printf %s \"$VALUE\" | flywheel secrets set {name}");
+            }
+            let saved = Client::new(&client)?
+                .call(Method::PUT, &format!("/api/secrets/{name}"), Some(&json!({"value": value})))
+                .await?;
+            if client.json {
+                print_json(&saved);
+            } else {
+                println!("Saved secret {name}; use it as {{{{ secrets.{name} }}}}");
+            }
+        }
+        SecretsCommand::List { client } => {
+            let list = Client::new(&client)?.get("/api/secrets").await?;
+            if client.json {
+                print_json(&list);
+            } else {
+                output::secret_table(&list["items"]);
+            }
+        }
+        SecretsCommand::Delete { name, client } => {
+            Client::new(&client)?.call(Method::DELETE, &format!("/api/secrets/{name}"), None).await?;
+            if !client.json {
+                println!("Deleted secret {name}");
             }
         }
     }

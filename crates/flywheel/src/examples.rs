@@ -10,12 +10,17 @@ use tracing::info;
 use uuid::Uuid;
 
 /// (file name, YAML) of each example.
-const EXAMPLES: &[(&str, &str)] = &[("hello.yaml", include_str!("../../../examples/hello.yaml"))];
+const EXAMPLES: &[(&str, &str)] = &[
+    ("hello.yaml", include_str!("../../../examples/hello.yaml")),
+    ("acme-invoices.yaml", include_str!("../../../examples/acme-invoices.yaml")),
+];
 
-/// Creates each example whose slug is not taken yet.
-pub async fn load(store: &dyn Store) -> anyhow::Result<()> {
+/// Creates each example whose slug is not taken yet. `$FLYWHEEL_URL` in an
+/// example becomes `public_url` (the demo portal is served by this server).
+pub async fn load(store: &dyn Store, public_url: &str) -> anyhow::Result<()> {
     for (file, yaml) in EXAMPLES {
-        let doc: Value = serde_yaml_ng::from_str(yaml).with_context(|| format!("example {file} is not valid YAML"))?;
+        let yaml = yaml.replace("$FLYWHEEL_URL", public_url.trim_end_matches('/'));
+        let doc: Value = serde_yaml_ng::from_str(&yaml).with_context(|| format!("example {file} is not valid YAML"))?;
         let slug = doc["slug"].as_str().context("examples have a slug")?.to_owned();
         match store.get_workflow(&slug).await {
             Ok(_) => continue,

@@ -59,6 +59,33 @@ enum Command {
     /// List, inspect, follow, retry and stop executions.
     #[command(subcommand)]
     Executions(ExecutionsCommand),
+    /// Store secrets for `{{ secrets.NAME }}` (values are never shown again).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+pub enum SecretsCommand {
+    /// Create or replace a secret, reading its value from stdin
+    /// (`printf %s "$PASSWORD" | flywheel secrets set PORTAL_PASSWORD`; on a
+    /// terminal, type it and press Ctrl-D). One trailing newline is dropped.
+    Set {
+        /// Letters, digits and underscores.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List secret names.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a secret.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// How the client reaches the server.
@@ -89,8 +116,19 @@ pub enum WorkflowsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Create a workflow from a file, or publish the file as a new version
+    /// of the workflow with the same slug (the file's `slug`, else derived
+    /// from its `name`).
+    Apply {
+        /// The file (`-` for stdin).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List workflows.
     List {
+        /// How many, newest first (1 to 200).
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[command(flatten)]
@@ -98,13 +136,18 @@ pub enum WorkflowsCommand {
     },
     /// Show one workflow (by uuid or slug) with its specification and versions.
     Get {
+        /// Workflow uuid or slug.
         workflow: String,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Delete a workflow with its versions, executions and artifacts.
+    /// Delete a workflow with its versions, executions and artifacts (asks first).
     Delete {
+        /// Workflow uuid or slug.
         workflow: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -137,6 +180,7 @@ pub enum ExecutionsCommand {
         /// Only in this status (pending, queued, running, paused, completed, failed).
         #[arg(long)]
         status: Option<String>,
+        /// How many, newest first (1 to 200).
         #[arg(long, default_value_t = 20)]
         limit: u32,
         #[command(flatten)]
@@ -144,13 +188,16 @@ pub enum ExecutionsCommand {
     },
     /// Show one execution: status, timing, counters, output, error.
     Get {
+        /// Execution uuid.
         execution: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Print an execution's log; --follow streams it until the execution ends.
     Logs {
+        /// Execution uuid.
         execution: String,
+        /// Keep printing new entries until the execution ends.
         #[arg(long, short = 'f')]
         follow: bool,
         #[command(flatten)]
@@ -158,6 +205,7 @@ pub enum ExecutionsCommand {
     },
     /// Retry an execution (a new one, same version and input; an active one is stopped first).
     Retry {
+        /// Execution uuid.
         execution: String,
         /// Wait for the new execution to end.
         #[arg(long, short = 'w')]
@@ -167,6 +215,7 @@ pub enum ExecutionsCommand {
     },
     /// Stop an active execution.
     Stop {
+        /// Execution uuid.
         execution: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -175,13 +224,26 @@ pub enum ExecutionsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Agent { .. }) {
+        restore_default_sigpipe();
+    }
     match cli.command {
         Command::Agent { job } => run_agent(&job),
         Command::Serve(args) => serve::main(args),
         Command::Workflows(cmd) => client::run(client::ClientCommand::Workflows(cmd)),
         Command::Execute(args) => client::run(client::ClientCommand::Execute(args)),
         Command::Executions(cmd) => client::run(client::ClientCommand::Executions(cmd)),
+        Command::Secrets(cmd) => client::run(client::ClientCommand::Secrets(cmd)),
     }
+}
+
+/// A client piped into `head` should end quietly when `head` is done, like
+/// every other command-line tool, instead of failing to print.
+fn restore_default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL
+    // installs no handler code.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// The agent runs on a single-threaded runtime: it starts faster and one

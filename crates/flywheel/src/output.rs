@@ -65,13 +65,27 @@ pub fn workflow_table(items: &Value) {
     table(&["SLUG", "NAME", "VERSION", "EXECUTIONS", "SUCCESS", "LAST RUN"], rows);
 }
 
+pub fn secret_table(items: &Value) {
+    let rows: Vec<Vec<String>> = items
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| vec![s["name"].as_str().unwrap_or("").to_owned(), short_time(&s["updated_at"])])
+        .collect();
+    if rows.is_empty() {
+        println!("No secrets. Add one with: printf %s \"$VALUE\" | flywheel secrets set NAME");
+        return;
+    }
+    table(&["NAME", "UPDATED"], rows);
+}
+
 pub fn workflow_details(w: &Value) {
     println!("{} ({})", s(&w["name"]), s(&w["slug"]));
     println!("  uuid:        {}", s(&w["workflow_uuid"]));
     if !s(&w["description"]).is_empty() {
         println!("  description: {}", s(&w["description"]));
     }
-    println!("  version:     {} ({} versions)", w["current_version"], w["versions"].as_array().map_or(0, Vec::len));
+    println!("  version:     {} of {}", w["current_version"], w["versions"].as_array().map_or(0, Vec::len));
     println!("  executions:  {}", w["executions"]);
     println!("  created:     {}   updated: {}", short_time(&w["created_at"]), short_time(&w["updated_at"]));
     println!("specification:");

@@ -8,6 +8,7 @@ use axum::serve::ListenerExt;
 use clap::Args;
 use flywheel_server::auth::{generate_key, register_key, UrlSigner};
 use flywheel_server::{App, ServerConfig};
+use flywheel_store::secrets::SecretCipher;
 use flywheel_store::sqlite::{Durability, SqliteStore};
 use flywheel_store::{LocalArtifactStore, Store};
 use flywheel_worker::runtime::bubblewrap::{BubblewrapConfig, BubblewrapRuntime};
@@ -24,6 +25,10 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 #[derive(Args, Debug)]
+#[command(after_help = "Also read from the environment:\n  \
+FLYWHEEL_API_KEY      registered as an admin key at start (16+ characters)\n  \
+FLYWHEEL_SECRETS_KEY  64 hex characters sealing secrets (default: DATA_DIR/secrets.key, created once)\n  \
+FLYWHEEL_LOG          log filter, e.g. debug or info,flywheel_worker=debug (logs go to stderr)")]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "FLYWHEEL_LISTEN", default_value = "127.0.0.1:8080")]
@@ -56,7 +61,7 @@ pub struct ServeArgs {
     #[arg(long, env = "FLYWHEEL_URL_ALLOWLIST", value_delimiter = ',')]
     pub url_allowlist: Vec<String>,
     /// Give sandboxes no network at all (http steps and browsers then only reach nothing).
-    #[arg(long, env = "FLYWHEEL_SANDBOX_NO_NETWORK")]
+    #[arg(long, env = "FLYWHEEL_SANDBOX_NO_NETWORK", value_parser = clap::builder::BoolishValueParser::new())]
     pub sandbox_no_network: bool,
     /// On SIGTERM, how long running executions may take to finish before they are ended, in seconds.
     #[arg(long, env = "FLYWHEEL_SHUTDOWN_GRACE", default_value_t = 30)]
@@ -75,7 +80,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub show_key: bool,
     /// Serve /metrics without an API key.
-    #[arg(long, env = "FLYWHEEL_PUBLIC_METRICS")]
+    #[arg(long, env = "FLYWHEEL_PUBLIC_METRICS", value_parser = clap::builder::BoolishValueParser::new())]
     pub public_metrics: bool,
     /// Keep each execution's work dir after it ends (for debugging).
     #[arg(long)]
@@ -132,7 +137,13 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("FLYWHEEL_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).compact().init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .compact()
+        .init();
 }
 
 /// Holds the data dir's lock for the life of the process: two servers on
@@ -176,6 +187,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let new_key = ensure_api_key(store.as_ref(), &data_dir).await?;
     let signing_key = store.setting_or_init("url_signing_key", &hex::encode(rand::random::<[u8; 32]>())).await?;
     let artifacts = Arc::new(LocalArtifactStore::new(&data_dir.join("artifacts"))?);
+    let secrets = Arc::new(SecretCipher::load(
+        std::env::var("FLYWHEEL_SECRETS_KEY").ok().as_deref(),
+        &data_dir.join("secrets.key"),
+    )?);
 
     let agent_exe = std::env::current_exe().context("could not find the flywheel binary")?;
     let chromium = find_chromium(args.chromium_path.as_deref());
@@ -232,7 +247,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .collect(),
         },
     };
-    let dispatcher = Dispatcher::new(store.clone(), artifacts.clone(), runtime, signals.clone(), worker_config.clone());
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        secrets.clone(),
+        artifacts.clone(),
+        runtime,
+        signals.clone(),
+        worker_config.clone(),
+    );
     dispatcher.recover().await?;
 
     let app = Arc::new(App {
@@ -241,17 +263,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signals,
         signer: UrlSigner::new(signing_key.as_bytes(), &public_url, Duration::from_secs(args.signed_url_ttl)),
         keys: Default::default(),
+        secrets,
         payload_validators: Default::default(),
         metrics: Some(metrics),
         config: ServerConfig { public_metrics: args.public_metrics, ..Default::default() },
     });
     if args.load_examples {
-        crate::examples::load(store.as_ref()).await?;
+        crate::examples::load(store.as_ref(), &public_url).await?;
     }
     let dispatcher = (!args.no_workers).then(|| dispatcher.spawn());
 
     let capacity = if args.no_workers { 0 } else { worker_config.max_concurrent };
-    print_banner(&public_url, &data_dir, new_key.as_deref(), args.show_key, capacity);
+    print_banner(&public_url, &data_dir, new_key.as_deref(), &args, capacity);
     let http_stop = Arc::new(tokio::sync::Notify::new());
     // Small responses and event-stream chunks must not wait for Nagle.
     let listener = listener.tap_io(|stream| {
@@ -325,24 +348,26 @@ fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node".into())
 }
 
-fn print_banner(url: &str, data_dir: &Path, new_key: Option<&str>, show_key: bool, max_concurrent: usize) {
+fn print_banner(url: &str, data_dir: &Path, new_key: Option<&str>, args: &ServeArgs, max_concurrent: usize) {
     let key_file = data_dir.join("api-key");
     println!();
     println!("  Flywheel is running.");
     println!("  API:        {url}/api   (OpenAPI: {url}/api/openapi.json)");
     println!("  Data dir:   {}   ({max_concurrent} executions at once)", data_dir.display());
-    match (new_key, show_key) {
-        (Some(key), _) => {
-            println!("  API key:    {key}");
-            println!("              (created now and saved to {}; it is not shown again)", key_file.display());
-        }
-        (None, true) => match std::fs::read_to_string(&key_file) {
-            Ok(key) => println!("  API key:    {}   (from {})", key.trim(), key_file.display()),
-            Err(_) => println!("  API key:    the one you set in FLYWHEEL_API_KEY"),
+    match new_key {
+        Some(key) => println!("  API key:    {key}   (new; saved to {})", key_file.display()),
+        None => match (std::fs::read_to_string(&key_file), args.show_key) {
+            (Ok(key), true) => println!("  API key:    {}   (from {})", key.trim(), key_file.display()),
+            (Ok(_), false) => println!("  API key:    in {}", key_file.display()),
+            (Err(_), _) => println!("  API key:    the one in FLYWHEEL_API_KEY"),
         },
-        (None, false) => println!("  API key:    in {} (or FLYWHEEL_API_KEY)", key_file.display()),
     }
-    println!("  Try:        flywheel execute hello-flywheel --input '{{\"name\": \"Ada\"}}' --wait");
+    if args.load_examples {
+        println!("  Try:        flywheel execute hello-flywheel --input '{{\"name\": \"Ada\"}}' --wait");
+        println!(
+            "              flywheel execute acme-invoices --input '{{\"customer\": \"Globex\"}}' --wait   (a browser)"
+        );
+    }
     println!();
     println!("listening on {url}");
     let _ = std::io::stdout().flush();

@@ -326,6 +326,8 @@ async fn lists_page_newest_first_with_filters() {
     assert_eq!(seen, ids);
     let only_a = server.get(&format!("/api/executions?workflow_uuid={}", a["workflow_uuid"].as_str().unwrap())).await;
     assert_eq!(only_a["items"].as_array().unwrap().len(), 3);
+    let by_slug = server.get("/api/executions?workflow_uuid=a").await;
+    assert_eq!(by_slug["items"].as_array().unwrap().len(), 3, "a slug works too");
     let failed = server.get("/api/executions?status=failed").await;
     assert_eq!(failed["items"].as_array().unwrap().len(), 2);
     assert!(failed["items"].as_array().unwrap().iter().all(|e| e["workflow_name"] == "B"));

@@ -130,8 +130,48 @@ async fn errors_are_one_clear_line() {
     std::fs::write(&bad, "name: Bad\nsteps:\n  - teleport: mars\n").unwrap();
     let o = cli(&server, &["workflows", "create", "-f", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("specification.steps.0: the step has no action"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("specification.steps.0: unknown action \"teleport\""), "{}", stderr(&o));
 
     let help = Command::new(binary()).args(["execute", "--help"]).output().unwrap();
     assert!(stdout(&help).contains("--wait") && stdout(&help).contains("FLYWHEEL_URL"), "{}", stdout(&help));
+}
+
+#[tokio::test]
+async fn apply_publishes_versions_and_delete_asks_first() {
+    let server = Server::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wf.yaml");
+    std::fs::write(&file, "name: Applied\nsteps:\n  - set: {name: v, value: 1}\n").unwrap();
+    let f = file.to_str().unwrap();
+    assert!(ok(&server, &["workflows", "apply", "-f", f]).contains("Created workflow Applied (applied), version 1"));
+    assert!(ok(&server, &["workflows", "apply", "-f", f]).contains("Unchanged workflow Applied (applied), version 1"));
+    std::fs::write(&file, "name: Applied\nsteps:\n  - set: {name: v, value: 2}\n").unwrap();
+    assert!(ok(&server, &["workflows", "apply", "-f", f]).contains("Updated workflow Applied (applied), version 2"));
+
+    // Not on a terminal and no --yes: nothing is deleted.
+    let o = cli(&server, &["workflows", "delete", "applied"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("pass --yes"), "{}", stderr(&o));
+    assert!(ok(&server, &["workflows", "get", "applied"]).contains("version:     2 of 2"));
+    ok(&server, &["workflows", "delete", "applied", "--yes"]);
+    assert_eq!(cli(&server, &["workflows", "get", "applied"]).status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn output_piped_into_head_ends_quietly() {
+    let server = Server::start(&[]).await;
+    server.workflow("Chatty", serde_json::json!({"steps": [{"shell": "seq 1 3000"}]})).await;
+    let e = server.execute("chatty", serde_json::json!({})).await;
+    let id = id(&e);
+    server.wait_terminal(&id, std::time::Duration::from_secs(20)).await;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("'{}' executions logs {id} | head -n 1; echo \"status=${{PIPESTATUS:-done}}\"", binary()))
+        .env("FLYWHEEL_URL", &server.url)
+        .env("FLYWHEEL_API_KEY", KEY)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert_eq!(stdout(&out).lines().count(), 2, "one log line, then the status: {}", stdout(&out));
 }

@@ -134,12 +134,14 @@ async fn a_failing_step_fails_the_run_unless_it_may() {
     assert_eq!(e["n_steps"], 3);
     assert_eq!(e["output"]["after"], 42, "a lone expression keeps its type");
 
-    // A template that names nothing fails its step, saying what is missing.
-    server.workflow("Typo", json!({"steps": [{"shell": "echo {{ input.nmae }}"}]})).await;
+    // A template that names nothing fails its step, saying what is missing;
+    // it is the input's fault, so even with retries configured it is not retried.
+    server.workflow("Typo", json!({"retry_attempts": 2, "steps": [{"shell": "echo {{ input.nmae }}"}]})).await;
     let e =
         server.wait_terminal(&id_of(server.execute("typo", json!({"name": "x"})).await), Duration::from_secs(20)).await;
-    assert_eq!(e["error"]["code"], "step_failed");
+    assert_eq!(e["error"]["code"], "invalid_input");
     assert!(e["error"]["message"].as_str().unwrap().contains("undefined"), "{e}");
+    assert!(e["retried_by"].is_null(), "not retried");
 }
 
 fn id_of(e: serde_json::Value) -> String {

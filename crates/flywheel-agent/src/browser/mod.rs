@@ -46,6 +46,8 @@ pub struct BrowserOptions {
     pub downloads_dir: PathBuf,
     /// Scratch space (the profile, video frames).
     pub scratch_dir: PathBuf,
+    /// When the run started (seconds since the epoch): where the video begins.
+    pub run_started: f64,
 }
 
 /// The browser could not be started: the execution's sandbox lacks it.
@@ -168,6 +170,7 @@ impl Browser {
                 &options.scratch_dir.join("frames"),
                 options.width,
                 options.height,
+                options.run_started,
             )
             .await
             {

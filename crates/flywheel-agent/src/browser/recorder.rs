@@ -27,13 +27,23 @@ pub struct Recorder {
     task: JoinHandle<()>,
 }
 
-fn epoch_secs() -> f64 {
+/// Seconds since the Unix epoch, now.
+pub fn epoch_secs() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Recorder {
-    /// Starts the screencast of the page `session` into `dir`.
-    pub async fn start(cdp: Arc<Cdp>, session: &str, dir: &Path, width: u32, height: u32) -> anyhow::Result<Recorder> {
+    /// Starts the screencast of the page `session` into `dir`. The video
+    /// covers the run from `run_started` (seconds since the epoch): the
+    /// first frame stands for the screen until then.
+    pub async fn start(
+        cdp: Arc<Cdp>,
+        session: &str,
+        dir: &Path,
+        width: u32,
+        height: u32,
+        run_started: f64,
+    ) -> anyhow::Result<Recorder> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let frames: Arc<Mutex<Vec<(PathBuf, f64)>>> = Arc::default();
         let mut events = cdp.subscribe();
@@ -73,7 +83,14 @@ impl Recorder {
             Some(session),
         )
         .await?;
-        Ok(Recorder { cdp, session: session.to_owned(), dir: dir.to_owned(), frames, started: epoch_secs(), task })
+        Ok(Recorder {
+            cdp,
+            session: session.to_owned(),
+            dir: dir.to_owned(),
+            frames,
+            started: run_started.min(epoch_secs()),
+            task,
+        })
     }
 
     /// Stops recording and encodes `output` (an `.mp4`). Returns the video's

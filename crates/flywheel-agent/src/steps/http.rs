@@ -36,7 +36,10 @@ pub async fn run(ctx: &mut RunContext, index: u32, step: &HttpStep, timeout: Opt
         request = request.body(body.clone());
     }
     let started = Instant::now();
-    let mut response = request.send().await.with_context(|| format!("{method} {url} failed"))?;
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{method} {url} failed: {:#}", anyhow::Error::new(e.without_url())))?;
     let status = response.status().as_u16();
     let mut headers = Map::new();
     for (name, value) in response.headers() {

@@ -132,8 +132,18 @@ pub async fn list_executions(
     State(app): State<Arc<App>>,
     Query(query): Query<QueryMap>,
 ) -> ApiResult<Json<ExecutionPage>> {
+    let workflow_uuid = match query.get("workflow_uuid").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(id) => match app.store.get_workflow(id).await {
+            Ok(workflow) => Some(workflow.uuid),
+            Err(StoreError::NotFound(_)) => {
+                return Err(ApiError::field(&["query", "workflow_uuid"], "value_error", format!("no workflow {id:?}")))
+            }
+            Err(err) => return Err(err.into()),
+        },
+    };
     let filter = ExecutionFilter {
-        workflow_uuid: query_param::<Uuid>(&query, "workflow_uuid", "a workflow uuid")?,
+        workflow_uuid,
         status: query_param::<ExecutionStatus>(
             &query,
             "status",
@@ -170,6 +180,7 @@ pub async fn retry_execution(
 ) -> ApiResult<(StatusCode, Json<Execution>)> {
     let id = execution_id(&id)?;
     let outcome = app.store.retry_execution(id).await?;
+    metrics::counter!("flywheel_executions_created_total").increment(1);
     if outcome.stopped_old {
         app.signals.stop(id, StopReason::Stopped);
     }

@@ -1,8 +1,10 @@
 //! The handlers, by resource, and the small parsing helpers they share.
 
 pub mod artifacts;
+pub mod demo;
 pub mod events;
 pub mod executions;
+pub mod secrets;
 pub mod system;
 pub mod workflows;
 

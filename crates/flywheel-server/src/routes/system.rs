@@ -49,3 +49,8 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResu
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("Not Found".into())
 }
+
+pub async fn method_not_allowed() -> axum::response::Response {
+    let body = Json(serde_json::json!({"detail": "Method Not Allowed"}));
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, body).into_response()
+}

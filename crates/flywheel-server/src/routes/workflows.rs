@@ -62,26 +62,59 @@ pub fn validate_specification(spec: &Value) -> Result<ParsedSpecification, ApiEr
     let parsed = Specification::parse(spec)
         .map_err(|errors| ApiError::Validation(errors.into_iter().map(|e| e.prefixed(&prefix)).collect()))?;
     let mut errors = Vec::new();
+    for key in ["steps", "start_url"] {
+        if let Some(value) = parsed.normalized.get(key) {
+            check_templates(value, &mut vec![LocSegment::from(key)], &mut errors);
+        }
+    }
     for (key, schema) in
         [("payload_schema", &parsed.spec.payload_schema), ("output_schema", &parsed.spec.output_schema)]
     {
-        if let Some(schema) = schema {
-            if let Err(msg) = payload::check_schema(schema) {
-                errors.push(
-                    FieldError::new(
-                        vec![key.into()],
-                        "value_error",
-                        format!("{key} is not a valid JSON Schema: {msg}"),
-                    )
-                    .prefixed(&prefix),
-                );
-            }
+        if let Some(Err(msg)) = schema.as_ref().map(payload::check_schema) {
+            errors.push(FieldError::new(
+                vec![key.into()],
+                "value_error",
+                format!("{key} is not a valid JSON Schema: {msg}"),
+            ));
         }
     }
     if errors.is_empty() {
         Ok(parsed)
     } else {
-        Err(ApiError::Validation(errors))
+        Err(ApiError::Validation(errors.into_iter().map(|e| e.prefixed(&prefix)).collect()))
+    }
+}
+
+/// Reports template syntax errors in every string of `value` (undefined
+/// names are only known when it runs).
+fn check_templates(value: &Value, loc: &mut Vec<LocSegment>, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::String(s) if s.contains("{{") || s.contains("{%") => {
+            let env = minijinja::Environment::new();
+            if let Err(err) = env.template_from_str(s) {
+                let detail = err.detail().map(|d| format!(": {d}")).unwrap_or_default();
+                errors.push(FieldError::new(
+                    loc.clone(),
+                    "template_error",
+                    format!("invalid template {s:?}: {}{detail}", err.kind()),
+                ));
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                loc.push(LocSegment::Index(i));
+                check_templates(item, loc, errors);
+                loc.pop();
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                loc.push(LocSegment::Key(key.clone()));
+                check_templates(item, loc, errors);
+                loc.pop();
+            }
+        }
+        _ => {}
     }
 }
 

@@ -102,3 +102,12 @@ CREATE TABLE settings (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
 );
+
+-- Secret values sealed with the server's secrets key (see secrets.rs).
+CREATE TABLE secrets (
+    name       TEXT PRIMARY KEY NOT NULL,
+    nonce      BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);

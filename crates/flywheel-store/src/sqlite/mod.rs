@@ -5,6 +5,7 @@ mod rows;
 mod writer;
 
 use crate::records::*;
+use crate::secrets::Sealed;
 use crate::{Store, StoreError, StoreResult};
 use anyhow::Context;
 use async_trait::async_trait;
@@ -970,6 +971,82 @@ impl Store for SqliteStore {
         let rows =
             sqlx::query("SELECT status, COUNT(*) AS n FROM executions GROUP BY status").fetch_all(&self.reader).await?;
         rows.iter().map(|r| Ok((rows::status_col(r, "status")?, r.try_get("n")?))).collect()
+    }
+
+    async fn put_secret(&self, name: &str, sealed: Sealed) -> StoreResult<bool> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let now = now_ms();
+                    let existed: Option<i64> = sqlx::query_scalar("SELECT 1 FROM secrets WHERE name = ?")
+                        .bind(&name)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO secrets (name, nonce, ciphertext, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
+                         ON CONFLICT (name) DO UPDATE SET nonce = excluded.nonce, ciphertext = excluded.ciphertext, \
+                         updated_at = excluded.updated_at",
+                    )
+                    .bind(&name)
+                    .bind(&sealed.nonce)
+                    .bind(&sealed.ciphertext)
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(existed.is_none())
+                })
+            })
+            .await
+    }
+
+    async fn list_secrets(&self) -> StoreResult<Vec<SecretInfo>> {
+        let rows = sqlx::query("SELECT name, created_at, updated_at FROM secrets ORDER BY name")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SecretInfo {
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn get_secrets(&self, names: &[String]) -> StoreResult<Vec<(String, Sealed)>> {
+        let mut found = Vec::new();
+        for name in names {
+            let row = sqlx::query("SELECT nonce, ciphertext FROM secrets WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.reader)
+                .await?;
+            if let Some(row) = row {
+                found.push((
+                    name.clone(),
+                    Sealed { nonce: row.try_get("nonce")?, ciphertext: row.try_get("ciphertext")? },
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn delete_secret(&self, name: &str) -> StoreResult<()> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done =
+                        sqlx::query("DELETE FROM secrets WHERE name = ?").bind(&name).execute(&mut *conn).await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound("secret"));
+                    }
+                    Ok(())
+                })
+            })
+            .await
     }
 }
 

@@ -1,0 +1,84 @@
+//! Masking secret values wherever they might appear: log lines, events,
+//! outputs. Both the agent (before anything leaves the sandbox) and the
+//! worker (before anything is stored) use it.
+
+use serde_json::Value;
+
+/// What a masked secret looks like.
+pub const MASK: &str = "***";
+
+/// Masks a fixed set of secret values.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    /// Longest first, so a secret that contains another is masked whole.
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Redactor {
+        let mut secrets: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Redactor { secrets }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// Masks every secret in `text`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), MASK);
+            }
+        }
+        out
+    }
+
+    /// Masks secrets in every string (and key) of a JSON value.
+    pub fn redact_value(&self, value: Value) -> Value {
+        if self.secrets.is_empty() {
+            return value;
+        }
+        match value {
+            Value::String(s) => Value::String(self.redact(&s)),
+            Value::Array(items) => Value::Array(items.into_iter().map(|v| self.redact_value(v)).collect()),
+            Value::Object(map) => {
+                Value::Object(map.into_iter().map(|(k, v)| (self.redact(&k), self.redact_value(v))).collect())
+            }
+            other => other,
+        }
+    }
+
+    /// Masks secrets in serialized JSON, in their raw and JSON-escaped forms.
+    pub fn redact_json_text(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in &self.secrets {
+            let escaped = serde_json::to_string(secret).unwrap_or_default();
+            let escaped = escaped.trim_matches('"');
+            for form in [escaped, secret.as_str()] {
+                if !form.is_empty() && out.contains(form) {
+                    out = out.replace(form, MASK);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn masks_in_text_values_and_json() {
+        let r = Redactor::new(["hunter2".to_owned(), "hunter2-extra".to_owned(), String::new()]);
+        assert_eq!(r.redact("pw hunter2-extra and hunter2"), "pw *** and ***");
+        assert_eq!(r.redact_value(json!({"a": ["hunter2"], "hunter2": 1})), json!({"a": ["***"], "***": 1}));
+        let quoted = Redactor::new(["a\"b".to_owned()]);
+        assert_eq!(quoted.redact_json_text(r#"{"v":"a\"b"}"#), r#"{"v":"***"}"#);
+    }
+}
