@@ -24,6 +24,9 @@ use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// The screen recording's file name in the artifacts dir.
+pub const VIDEO_ARTIFACT: &str = "video.mp4";
+
 /// What a step needs from the run around it.
 pub struct RunContext {
     pub emitter: Emitter,
@@ -138,7 +141,9 @@ async fn start_browser(
         width: job.viewport_width,
         height: job.viewport_height,
         allowlist,
-        record_video: job.record_video,
+        // Encoded in scratch space and moved to the artifacts only when
+        // complete: a run that is killed leaves no unplayable half file.
+        video: job.record_video.then(|| std::env::temp_dir().join(VIDEO_ARTIFACT)),
         downloads_dir: ctx.artifacts_dir.clone(),
         scratch_dir: std::env::temp_dir().join("flywheel-browser"),
         run_started: ctx.run_started,
@@ -172,11 +177,21 @@ async fn start_browser(
 /// Closes the browser, storing the screen recording.
 async fn close_browser(ctx: &mut RunContext) {
     let Some(browser) = ctx.browser.take() else { return };
-    let video = ctx.artifacts_dir.join("video.mp4");
-    match browser.close(&video).await {
+    match browser.close().await {
         Ok(Some(seconds)) => {
-            ctx.emitter.log("info", format!("screen recording: {seconds:.1} s"), None);
-            ctx.emitter.send(&AgentEvent::Artifact { name: "video.mp4".into(), kind: "video".into(), step: None });
+            let (from, to) = (std::env::temp_dir().join(VIDEO_ARTIFACT), ctx.artifacts_dir.join(VIDEO_ARTIFACT));
+            match std::fs::copy(&from, &to) {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&from);
+                    ctx.emitter.log("info", format!("screen recording: {seconds:.1} s"), None);
+                    ctx.emitter.send(&AgentEvent::Artifact {
+                        name: VIDEO_ARTIFACT.into(),
+                        kind: "video".into(),
+                        step: None,
+                    });
+                }
+                Err(err) => ctx.emitter.log("warn", format!("no video: could not store it: {err}"), None),
+            }
         }
         Ok(None) => {}
         Err(err) => ctx.emitter.log("warn", format!("no video: {err:#}"), None),
@@ -241,8 +256,20 @@ async fn run_steps(ctx: &mut RunContext, spec: &Specification, raw_steps: &[Valu
                     error: Some(message.clone()),
                 });
                 if let Some(browser) = &ctx.browser {
-                    if let Ok(png) = browser.page.screenshot(false).await {
-                        let _ = ctx.store_screenshot(&format!("failure-step-{}", index + 1), &png, Some(index));
+                    // A page that is still committing an error page refuses
+                    // one capture now and then; one more try settles it.
+                    let mut shot = browser.page.screenshot(false).await;
+                    if shot.is_err() {
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                        shot = browser.page.screenshot(false).await;
+                    }
+                    match shot {
+                        Ok(png) => {
+                            let _ = ctx.store_screenshot(&format!("failure-step-{}", index + 1), &png, Some(index));
+                        }
+                        Err(err) => {
+                            ctx.emitter.log("warn", format!("no screenshot of the failure: {err:#}"), Some(index))
+                        }
                     }
                 }
                 if continue_on_error {

@@ -175,3 +175,30 @@ async fn output_piped_into_head_ends_quietly() {
     assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
     assert_eq!(stdout(&out).lines().count(), 2, "one log line, then the status: {}", stdout(&out));
 }
+
+#[tokio::test]
+async fn secrets_from_the_command_line() {
+    use std::io::Write;
+    let server = Server::start(&[]).await;
+    let mut child = Command::new(binary())
+        .args(["secrets", "set", "API_TOKEN"])
+        .env("FLYWHEEL_URL", &server.url)
+        .env("FLYWHEEL_API_KEY", KEY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"tok-123\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("Saved secret API_TOKEN"));
+    let listed = ok(&server, &["secrets", "list"]);
+    assert!(listed.contains("API_TOKEN") && !listed.contains("tok-123"), "{listed}");
+    server.workflow("Uses token", serde_json::json!({"steps": [{"shell": {"command": "printf %s '{{ secrets.API_TOKEN }}' | wc -c", "name": "len"}}]})).await;
+    let e = server.execute("uses-token", serde_json::json!({})).await;
+    let done = server.wait_terminal(&id(&e), std::time::Duration::from_secs(20)).await;
+    assert_eq!(done["output"]["len"], "7", "the trailing newline was dropped: {done:#}");
+    ok(&server, &["secrets", "delete", "API_TOKEN"]);
+    assert!(ok(&server, &["secrets", "list"]).contains("No secrets"));
+}

@@ -24,7 +24,7 @@ use nix::fcntl::OFlag;
 use recorder::Recorder;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,7 +41,8 @@ pub struct BrowserOptions {
     pub width: u32,
     pub height: u32,
     pub allowlist: Allowlist,
-    pub record_video: bool,
+    /// Where to record the screen to (an `.mp4`), if at all.
+    pub video: Option<PathBuf>,
     /// Where downloads land (the artifacts dir).
     pub downloads_dir: PathBuf,
     /// Scratch space (the profile, video frames).
@@ -163,11 +164,11 @@ impl Browser {
                 return Err(LaunchError(format!("Chromium did not start: {err:#}. It said: {}", tail.join(" | "))));
             }
         };
-        if options.record_video {
+        if let Some(video) = &options.video {
             match Recorder::start(
                 browser.cdp.clone(),
                 &browser.page.session,
-                &options.scratch_dir.join("frames"),
+                video,
                 options.width,
                 options.height,
                 options.run_started,
@@ -247,11 +248,11 @@ impl Browser {
         Ok(Browser { cdp, child, page, recorder: None, watcher })
     }
 
-    /// Stops the recording (encoding it to `video`), then closes the browser.
-    /// Returns the video's duration if there is one.
-    pub async fn close(mut self, video: &Path) -> anyhow::Result<Option<f64>> {
+    /// Finishes the recording, then closes the browser. Returns the
+    /// video's duration if there is one.
+    pub async fn close(mut self) -> anyhow::Result<Option<f64>> {
         let recorded = match self.recorder.take() {
-            Some(recorder) => recorder.finish(video).await,
+            Some(recorder) => recorder.finish().await,
             None => Ok(None),
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), self.cdp.call("Browser.close", json!({}), None)).await;

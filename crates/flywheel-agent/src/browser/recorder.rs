@@ -1,56 +1,101 @@
-//! The screen recording: Chromium's screencast frames (JPEG, with the time
-//! each was painted) are written to disk as they come, and when the run ends
-//! ffmpeg turns them into an H.264 MP4 that browsers play, each frame shown
-//! for as long as it was on screen. Frames arrive only when the screen
-//! changes, so a quiet page costs nothing; writing them happens off the
-//! steps' path, and encoding happens once the steps are done.
+//! The screen recording, encoded while the run goes on.
+//!
+//! Chromium's screencast sends a JPEG whenever the screen changes. A ticker
+//! feeds the newest one to ffmpeg ten times a second (repeating it while the
+//! screen is still), so the video's clock is the run's clock, and ffmpeg
+//! encodes H.264 as it goes: when the run ends only the last few frames are
+//! left to encode, whatever the length of the run. The time before the first
+//! frame (the sandbox and the browser starting) shows that first frame.
 
 use super::cdp::Cdp;
 use anyhow::{bail, Context};
 use base64::Engine;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, ChildStdin};
 use tokio::task::JoinHandle;
 
-/// Frames per second of the encoded video (frames repeat to fill time).
-const OUTPUT_FPS: u32 = 10;
-
-pub struct Recorder {
-    cdp: Arc<Cdp>,
-    session: String,
-    dir: PathBuf,
-    /// (file, time it was painted, seconds since the epoch)
-    frames: Arc<Mutex<Vec<(PathBuf, f64)>>>,
-    started: f64,
-    task: JoinHandle<()>,
-}
+/// Frames per second of the video.
+const FPS: u32 = 10;
 
 /// Seconds since the Unix epoch, now.
 pub fn epoch_secs() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// What the ticker shares with the rest: the newest frame, and how many
+/// frames went to ffmpeg.
+#[derive(Default)]
+struct Shared {
+    latest: Option<Arc<Vec<u8>>>,
+    written: u64,
+}
+
+pub struct Recorder {
+    cdp: Arc<Cdp>,
+    session: String,
+    shared: Arc<Mutex<Shared>>,
+    started: f64,
+    frames_task: JoinHandle<()>,
+    stop_ticker: tokio::sync::oneshot::Sender<()>,
+    ticker: JoinHandle<Option<ChildStdin>>,
+    ffmpeg: Child,
+}
+
 impl Recorder {
-    /// Starts the screencast of the page `session` into `dir`. The video
-    /// covers the run from `run_started` (seconds since the epoch): the
-    /// first frame stands for the screen until then.
+    /// Starts the screencast of the page `session` and the encoder writing
+    /// `output`. The video begins at `run_started` (seconds since the epoch).
     pub async fn start(
         cdp: Arc<Cdp>,
         session: &str,
-        dir: &Path,
+        output: &Path,
         width: u32,
         height: u32,
         run_started: f64,
     ) -> anyhow::Result<Recorder> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let frames: Arc<Mutex<Vec<(PathBuf, f64)>>> = Arc::default();
+        let mut ffmpeg = tokio::process::Command::new("ffmpeg")
+            .args([
+                "-nostdin",
+                "-y",
+                "-loglevel",
+                "error",
+                "-f",
+                "image2pipe",
+                "-c:v",
+                "mjpeg",
+                "-framerate",
+                &FPS.to_string(),
+                "-i",
+                "-",
+            ])
+            .args(["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2,format=yuv420p", "-r", &FPS.to_string()])
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-crf", "30", "-movflags", "+faststart"])
+            .arg(output)
+            // The input is replaced by the pipe below (-nostdin is for ffmpeg's keyboard).
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|err| {
+                if err.kind() == std::io::ErrorKind::NotFound {
+                    anyhow::anyhow!("ffmpeg is not installed, so there is no video (apt-get install ffmpeg)")
+                } else {
+                    anyhow::anyhow!("could not start ffmpeg: {err}")
+                }
+            })?;
+        let stdin = ffmpeg.stdin.take().context("no stdin pipe to ffmpeg")?;
+        let shared: Arc<Mutex<Shared>> = Arc::default();
+        let started = run_started.min(epoch_secs());
+
+        // Keep the newest frame.
         let mut events = cdp.subscribe();
-        let (task_cdp, task_frames, task_dir, task_session) =
-            (cdp.clone(), frames.clone(), dir.to_owned(), session.to_owned());
-        let task = tokio::spawn(async move {
-            let mut n = 0u32;
+        let (task_cdp, task_shared, task_session) = (cdp.clone(), shared.clone(), session.to_owned());
+        let frames_task = tokio::spawn(async move {
             loop {
                 let event = match events.recv().await {
                     Ok(event) => event,
@@ -60,84 +105,104 @@ impl Recorder {
                 if event.method != "Page.screencastFrame" || event.session.as_deref() != Some(task_session.as_str()) {
                     continue;
                 }
-                // Acknowledge first: the browser sends the next frame only after.
+                // The browser sends the next frame only once this one is acknowledged.
                 if let Some(ack) = event.params.get("sessionId").cloned() {
                     let (cdp, session) = (task_cdp.clone(), task_session.clone());
                     tokio::spawn(async move {
                         let _ = cdp.call("Page.screencastFrameAck", json!({"sessionId": ack}), Some(&session)).await;
                     });
                 }
-                let timestamp = event.params["metadata"]["timestamp"].as_f64().unwrap_or_else(epoch_secs);
                 let Some(data) = event.params.get("data").and_then(Value::as_str) else { continue };
-                let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) else { continue };
-                n += 1;
-                let path = task_dir.join(format!("{n:06}.jpg"));
-                if tokio::fs::write(&path, bytes).await.is_ok() {
-                    task_frames.lock().unwrap_or_else(|e| e.into_inner()).push((path, timestamp));
+                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) {
+                    task_shared.lock().unwrap_or_else(|e| e.into_inner()).latest = Some(Arc::new(bytes));
                 }
             }
         });
+
+        // Feed ffmpeg on the video's clock.
+        let (stop_ticker, stopped) = tokio::sync::oneshot::channel();
+        let ticker = tokio::spawn(feed(stdin, shared.clone(), started, stopped));
         cdp.call(
             "Page.startScreencast",
             json!({"format": "jpeg", "quality": 70, "maxWidth": width, "maxHeight": height, "everyNthFrame": 1}),
             Some(session),
         )
         .await?;
-        Ok(Recorder {
-            cdp,
-            session: session.to_owned(),
-            dir: dir.to_owned(),
-            frames,
-            started: run_started.min(epoch_secs()),
-            task,
-        })
+        Ok(Recorder { cdp, session: session.to_owned(), shared, started, frames_task, stop_ticker, ticker, ffmpeg })
     }
 
-    /// Stops recording and encodes `output` (an `.mp4`). Returns the video's
-    /// duration in seconds, or `None` if no frame was painted.
-    pub async fn finish(self, output: &Path) -> anyhow::Result<Option<f64>> {
+    /// Stops recording and finishes the file. Returns the video's duration
+    /// in seconds, or `None` if no frame was ever painted.
+    pub async fn finish(mut self) -> anyhow::Result<Option<f64>> {
         let _ = self.cdp.call("Page.stopScreencast", json!({}), Some(&self.session)).await;
-        // Let frames already on their way land.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        self.task.abort();
+        self.frames_task.abort();
         let ended = epoch_secs();
-        let mut frames = self.frames.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if frames.is_empty() {
+        // The ticker finishes the frame it is writing and gives the pipe back.
+        let _ = self.stop_ticker.send(());
+        let stdin = self.ticker.await.ok().flatten();
+        let written = {
+            let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.latest.is_none() {
+                None
+            } else {
+                Some(shared.written)
+            }
+        };
+        let Some(written) = written else {
+            let _ = self.ffmpeg.start_kill();
             return Ok(None);
-        }
-        frames.sort_by(|a, b| a.1.total_cmp(&b.1));
-        // The first frame stands for the screen from the start of the recording.
-        let mut list = String::from("ffconcat version 1.0\n");
-        for (i, (path, at)) in frames.iter().enumerate() {
-            let from = if i == 0 { self.started.min(*at) } else { *at };
-            let until = frames.get(i + 1).map_or(ended, |next| next.1);
-            list.push_str(&format!("file '{}'\nduration {:.3}\n", path.display(), (until - from).max(0.001)));
-        }
-        // The concat demuxer ignores the last duration unless the file repeats.
-        if let Some((last, _)) = frames.last() {
-            list.push_str(&format!("file '{}'\n", last.display()));
-        }
-        let list_path = self.dir.join("frames.ffconcat");
-        tokio::fs::write(&list_path, list).await.context("writing the frame list")?;
-        let result = tokio::process::Command::new("ffmpeg")
-            .args(["-nostdin", "-y", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i"])
-            .arg(&list_path)
-            .args(["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2,format=yuv420p", "-r", &OUTPUT_FPS.to_string()])
-            .args(["-c:v", "libx264", "-preset", "veryfast", "-crf", "30", "-movflags", "+faststart"])
-            .arg(output)
-            .kill_on_drop(true)
-            .output()
-            .await;
-        let _ = tokio::fs::remove_dir_all(&self.dir).await;
-        match result {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                bail!("ffmpeg is not installed, so there is no video (apt-get install ffmpeg)")
+        };
+        // Whatever the ticker had not written yet, write now.
+        if let Some(mut stdin) = stdin {
+            let due = ((ended - self.started) * f64::from(FPS)).round() as u64;
+            let frame = self.shared.lock().unwrap_or_else(|e| e.into_inner()).latest.clone();
+            if let Some(frame) = frame {
+                for _ in written..due {
+                    if stdin.write_all(&frame).await.is_err() {
+                        break;
+                    }
+                }
             }
-            Err(err) => bail!("could not run ffmpeg: {err}"),
-            Ok(out) if !out.status.success() => {
-                bail!("ffmpeg could not encode the video: {}", String::from_utf8_lossy(&out.stderr).trim())
+            let _ = stdin.shutdown().await;
+        }
+        let output = tokio::time::timeout(Duration::from_secs(120), self.ffmpeg.wait_with_output())
+            .await
+            .map_err(|_| anyhow::anyhow!("ffmpeg took more than 2 minutes to finish the video"))?
+            .context("waiting for ffmpeg")?;
+        if !output.status.success() {
+            bail!("ffmpeg could not encode the video: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(Some(ended - self.started))
+    }
+}
+
+/// Writes the newest frame to ffmpeg every 1/FPS second of the video's
+/// clock (catching up after a stall, so the video keeps the run's time).
+/// Before the first frame exists there is nothing to write; once it does,
+/// the time since the start is filled with it.
+async fn feed(
+    mut stdin: ChildStdin,
+    shared: Arc<Mutex<Shared>>,
+    started: f64,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Option<ChildStdin> {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / u64::from(FPS)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return Some(stdin),
+        }
+        let due = ((epoch_secs() - started) * f64::from(FPS)).floor() as u64;
+        let (frame, written) = {
+            let shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+            (shared.latest.clone(), shared.written)
+        };
+        let Some(frame) = frame else { continue };
+        for _ in written..due {
+            if stdin.write_all(&frame).await.is_err() {
+                return None;
             }
-            Ok(_) => Ok(Some(ended - self.started.min(frames[0].1))),
+            shared.lock().unwrap_or_else(|e| e.into_inner()).written += 1;
         }
     }
 }

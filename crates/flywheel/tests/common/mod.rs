@@ -219,25 +219,44 @@ impl Drop for Server {
     }
 }
 
+/// PID namespaces seen for each execution's sandbox.
+static SANDBOX_NAMESPACES: std::sync::Mutex<
+    Option<std::collections::HashMap<String, std::collections::HashSet<String>>>,
+> = std::sync::Mutex::new(None);
+
 /// Processes (anywhere on the machine) that belong to an execution's
-/// sandbox: bubblewrap gives each one FLYWHEEL_EXECUTION=<uuid>.
+/// sandbox: those with FLYWHEEL_EXECUTION=<uuid> in their environment (set
+/// by bubblewrap), and every process in a PID namespace such a process was
+/// ever seen in (Chromium rewrites its own environment block, so the
+/// namespace is what finds its processes, even after the agent is gone).
 pub fn sandbox_processes(execution: &str) -> Vec<i32> {
     let marker = format!("FLYWHEEL_EXECUTION={execution}");
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    let own_ns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut procs = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
         // Zombies are gone for every practical purpose.
         let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if state.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')) {
+        if state.is_empty() || state.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) {
             continue;
         }
-        if environ.split(|b| *b == 0).any(|var| var == marker.as_bytes()) {
-            found.push(pid);
+        let ns = std::fs::read_link(entry.path().join("ns/pid"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let marked = std::fs::read(entry.path().join("environ"))
+            .map(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+            .unwrap_or(false);
+        procs.push((pid, ns, marked));
+    }
+    let mut seen = SANDBOX_NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
+    let known = seen.get_or_insert_with(Default::default).entry(execution.to_owned()).or_default();
+    for (_, ns, marked) in &procs {
+        if *marked && !ns.is_empty() && *ns != own_ns {
+            known.insert(ns.clone());
         }
     }
-    found
+    procs.into_iter().filter(|(_, ns, marked)| *marked || known.contains(ns)).map(|(pid, _, _)| pid).collect()
 }
 
 /// Waits until the execution's sandbox runs at least `n` processes.
@@ -268,4 +287,101 @@ pub fn id(e: &Value) -> String {
 
 pub fn artifact_path(data_dir: &Path, execution: &str, name: &str) -> PathBuf {
     data_dir.join("artifacts").join(execution).join(name)
+}
+
+/// A web server with fixture pages, on its own port (its own origin).
+pub struct Fixture {
+    pub url: String,
+    /// Requests it has answered.
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+const FORM: &str = r#"<!doctype html><html><head><title>Fixture form</title></head><body>
+<h1 id="title">Fixture form</h1>
+<input id="name"> <input id="prefilled" value="old">
+<select id="state"><option value="">-</option><option value="CA">California</option><option value="NY">New York</option></select>
+<label><input type="checkbox" id="agree"> I agree</label>
+<button id="submit" disabled onclick="document.getElementById('submitted').textContent='submitted'">Submit</button>
+<span id="submitted"></span>
+<div id="late" style="display:none">Late text</div>
+<div id="hovered" onmouseover="this.textContent='hovered!'">not hovered</div>
+<input id="enter" onkeydown="if (event.key === 'Enter') document.getElementById('pressed').textContent = 'Enter pressed'">
+<span id="pressed"></span>
+<ul><li class="item">Apple $1.50</li><li class="item">Banana $0.25</li></ul>
+<a id="link" href="/next?x=1">Next page</a>
+<button onclick="go()">Go</button>
+<div id="result"></div>
+<a href="/download" id="dl">Download report</a>
+<div style="height: 3000px"></div><div id="bottom">Bottom</div>
+<script>
+  setTimeout(() => { document.getElementById('submit').disabled = false; }, 300);
+  setTimeout(() => { document.getElementById('late').style.display = 'block'; }, 400);
+  function go() {
+    const agreed = document.getElementById('agree').checked ? ' (agreed)' : '';
+    document.getElementById('result').textContent =
+      'Hello ' + document.getElementById('name').value + ' from ' + document.getElementById('state').value + agreed;
+  }
+  console.error('fixture console error');
+  fetch('http://127.0.0.1:1/nope').catch(() => {});
+</script></body></html>"#;
+
+const NEXT: &str = r#"<!doctype html><html><head><title>Next page</title></head><body><h1>Next</h1></body></html>"#;
+const RED: &str =
+    r#"<!doctype html><html><body style="margin:0;background:#ff0000"><div style="height:2400px"></div></body></html>"#;
+const ANIMATED: &str = r#"<!doctype html><html><body style="margin:0"><div id="box" style="width:100vw;height:100vh"></div>
+<script>let i = 0; setInterval(() => { i++; document.getElementById('box').style.background = 'hsl(' + (i * 37 % 360) + ',80%,50%)'; }, 100);</script>
+</body></html>"#;
+const LOGIN: &str =
+    r#"<!doctype html><html><body><input id="password" type="password"><input id="echo"></body></html>"#;
+
+impl Fixture {
+    pub async fn start() -> Fixture {
+        use axum::response::IntoResponse;
+        use axum::routing::get;
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("fixture port");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        fn html(body: String) -> axum::response::Response {
+            ([("content-type", "text/html; charset=utf-8")], body).into_response()
+        }
+        let app = axum::Router::new()
+            .route("/form", get(move || async move { html(FORM.to_owned()) }))
+            .route("/next", get(move || async move { html(NEXT.to_owned()) }))
+            .route("/red", get(move || async move { html(RED.to_owned()) }))
+            .route("/animated", get(move || async move { html(ANIMATED.to_owned()) }))
+            .route("/login", get(move || async move { html(LOGIN.to_owned()) }))
+            .route(
+                "/embed",
+                get(move |query: axum::extract::Query<std::collections::HashMap<String, String>>| {
+                    let other = query.get("other").cloned().unwrap_or_default();
+                    async move {
+                        html(format!(
+                            r#"<!doctype html><html><body><h1>Embed</h1><img src="{other}/pixel.png"><iframe src="{other}/next"></iframe>
+                            <script>fetch("{other}/api").catch(() => {{}});</script></body></html>"#
+                        ))
+                    }
+                }),
+            )
+            .route(
+                "/download",
+                get(|| async {
+                    ([("content-type", "text/csv"), ("content-disposition", "attachment; filename=\"report.csv\"")], "a,b\n1,2\n")
+                        .into_response()
+                }),
+            )
+            .fallback(get(|| async { html("<h1>fixture</h1>".to_owned()) }))
+            .layer(axum::middleware::from_fn({
+                let hits = hits.clone();
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    next.run(req)
+                }
+            }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Fixture { url, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
