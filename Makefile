@@ -32,6 +32,8 @@ deps:
 
 bench-deps: deps
 	$(call install_missing,$(BENCH_DEPS))
+	@[ -x bench/.venv/bin/python ] || python3 -m venv bench/.venv
+	@bench/.venv/bin/python -c "import playwright" 2>/dev/null || bench/.venv/bin/pip install -q "playwright==1.65.2"
 
 build: deps
 	$(CARGO) build --release --locked

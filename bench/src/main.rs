@@ -44,6 +44,128 @@ struct Args {
     /// Where to record results.
     #[arg(long, default_value = "bench/results")]
     results: PathBuf,
+    /// Runs of the 20-action browser workflow (0 skips the browser part).
+    #[arg(long, default_value_t = 5)]
+    browser_runs: usize,
+    /// Python with Playwright installed, for the side-by-side run.
+    #[arg(long, default_value = "bench/.venv/bin/python")]
+    python: PathBuf,
+    /// The Chromium both use.
+    #[arg(long, default_value = "/usr/lib/chromium/chromium")]
+    chromium: PathBuf,
+}
+
+/// The page of the browser benchmark: nine fields and a button.
+const BENCH_PAGE: &str = r#"<!doctype html><html><head><title>bench</title></head><body><form onsubmit="return false">
+<input id="f1"><input id="f2"><input id="f3"><input id="f4"><input id="f5"><input id="f6"><input id="f7"><input id="f8"><input id="f9">
+<button id="add" type="button" onclick="var c = document.getElementById('count'); c.textContent = String(Number(c.textContent) + 1)">Add</button>
+<span id="count">0</span></form></body></html>"#;
+
+/// Serves [`BENCH_PAGE`]; returns its URL.
+async fn serve_bench_page() -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/", listener.local_addr()?);
+    let app = axum::Router::new().fallback(|| async { axum::response::Html(BENCH_PAGE) });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+/// The 20 actions: goto, nine fields typed, ten clicks.
+fn browser_steps(url: &str) -> Value {
+    let mut steps = vec![json!({"goto": url})];
+    for i in 1..=9 {
+        steps.push(json!({"type": {"selector": format!("#f{i}"), "text": format!("value {i}")}}));
+    }
+    for _ in 0..10 {
+        steps.push(json!({"click": "#add"}));
+    }
+    steps.push(json!({"assert": {"expression": "document.getElementById('count').textContent === '10'"}}));
+    Value::Array(steps)
+}
+
+/// Proportional memory (PSS, MiB) of every process in an execution's sandbox.
+fn sandbox_pss_mib(execution: &str, namespaces: &mut Vec<String>) -> f64 {
+    let marker = format!("FLYWHEEL_EXECUTION={execution}");
+    let own = std::fs::read_link("/proc/self/ns/pid").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut procs = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let ns = std::fs::read_link(entry.path().join("ns/pid"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let marked = std::fs::read(entry.path().join("environ"))
+            .map(|e| e.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+            .unwrap_or(false);
+        if marked && ns != own && !namespaces.contains(&ns) {
+            namespaces.push(ns.clone());
+        }
+        procs.push((entry.path(), ns, marked));
+    }
+    let mut kb = 0.0;
+    for (path, ns, marked) in procs {
+        if marked || namespaces.contains(&ns) {
+            let rollup = std::fs::read_to_string(path.join("smaps_rollup")).unwrap_or_default();
+            kb += rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    kb / 1024.0
+}
+
+struct BrowserRun {
+    to_first_action_ms: f64,
+    per_action_ms: f64,
+    peak_pss_mib: f64,
+}
+
+/// Runs the browser workflow once and reads its timings from its log.
+async fn browser_run(http: &reqwest::Client, url: &str, slug: &str) -> anyhow::Result<BrowserRun> {
+    let t0 = now_ms();
+    let r = http.post(format!("{url}/api/workflows/{slug}/execute")).bearer_auth(KEY).json(&json!({})).send().await?;
+    let id = r.json::<Value>().await?["execution_uuid"].as_str().context("no execution")?.to_owned();
+    let mut namespaces = Vec::new();
+    let mut peak: f64 = 0.0;
+    let e = loop {
+        peak = peak.max(sandbox_pss_mib(&id, &mut namespaces));
+        let e: Value = http.get(format!("{url}/api/executions/{id}")).bearer_auth(KEY).send().await?.json().await?;
+        if e["status"] == "completed" || e["status"] == "failed" {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if e["status"] != "completed" {
+        bail!("the browser workflow failed: {}", e["error"]);
+    }
+    let actions: Vec<&Value> =
+        e["logs"].as_array().context("no logs")?.iter().filter(|l| l["kind"] == "action").collect();
+    if actions.len() != 20 {
+        bail!("expected 20 actions, saw {}", actions.len());
+    }
+    let ts = |l: &Value| {
+        chrono::DateTime::parse_from_rfc3339(l["ts"].as_str().unwrap_or_default()).map(|t| t.timestamp_millis() as f64)
+    };
+    let first_end = ts(actions[0])?;
+    let first_start = first_end - actions[0]["data"]["duration_ms"].as_f64().unwrap_or(0.0);
+    let last_end = ts(actions[19])?;
+    Ok(BrowserRun {
+        to_first_action_ms: first_end - t0 as f64,
+        per_action_ms: (last_end - first_start) / 20.0,
+        peak_pss_mib: peak,
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        f64::NAN
+    } else {
+        values[values.len() / 2]
+    }
 }
 
 struct Server {
@@ -354,6 +476,88 @@ async fn main() -> anyhow::Result<()> {
     );
     let rss_post = server.peak_rss_mib();
     drop(server);
+
+    // 5. The browser: 20 actions, against Playwright on the same Chromium.
+    if args.browser_runs > 0 {
+        eprintln!(
+            "browser: 20-action workflow, {} runs with video and {} without…",
+            args.browser_runs, args.browser_runs
+        );
+        let page = serve_bench_page().await?;
+        let server =
+            Server::start(&args.binary, &["--chromium-path".to_owned(), args.chromium.to_string_lossy().into_owned()])?;
+        for (slug, video) in [("browser-video", true), ("browser-novideo", false)] {
+            let r = http
+                .post(format!("{}/api/workflows", server.url))
+                .bearer_auth(KEY)
+                .json(&json!({"name": slug, "slug": slug, "specification": {"record_video": video, "steps": browser_steps(&page)}}))
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                bail!("could not create {slug}: {}", r.text().await?);
+            }
+        }
+        browser_run(&http, &server.url, "browser-novideo").await?; // warm the page cache
+        let mut runs = Vec::new();
+        let mut runs_novideo = Vec::new();
+        for _ in 0..args.browser_runs {
+            runs.push(browser_run(&http, &server.url, "browser-video").await?);
+            runs_novideo.push(browser_run(&http, &server.url, "browser-novideo").await?);
+        }
+        let per_action = median(runs.iter().map(|r| r.per_action_ms).collect());
+        let per_action_novideo = median(runs_novideo.iter().map(|r| r.per_action_ms).collect());
+        let to_first = median(runs.iter().map(|r| r.to_first_action_ms).collect());
+        let to_first_max = runs.iter().map(|r| r.to_first_action_ms).fold(0.0, f64::max);
+        let pss = runs.iter().map(|r| r.peak_pss_mib).fold(0.0, f64::max);
+        drop(server);
+
+        let playwright = if args.python.exists() {
+            let out = Command::new(&args.python)
+                .arg("bench/playwright/actions.py")
+                .arg(&page)
+                .arg(&args.chromium)
+                .arg(args.browser_runs.to_string())
+                .output()
+                .context("could not run Playwright")?;
+            if !out.status.success() {
+                bail!("the Playwright run failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let v: Value = serde_json::from_slice(&out.stdout)?;
+            let list = |k: &str| {
+                v[k].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect::<Vec<_>>()).unwrap_or_default()
+            };
+            Some((median(list("per_action_ms")), median(list("launch_to_first_action_ms"))))
+        } else {
+            None
+        };
+        let (pw_action, pw_first) = playwright
+            .map_or((String::from("not run (make bench-deps)"), String::from("-")), |(a, f)| {
+                (format!("{a:.1} ms (Flywheel/Playwright = {:.2})", per_action / a), format!("{f:.0} ms"))
+            });
+        rows.push((
+            "browser: time per action (20 actions, median of runs)".into(),
+            format!("{per_action:.1} ms with video, {per_action_novideo:.1} ms without · Playwright {pw_action}"),
+            "≤ Playwright".into(),
+        ));
+        rows.push((
+            "browser: execute → first action done (cold sandbox)".into(),
+            format!(
+                "median {to_first:.0} ms, worst {to_first_max:.0} ms · Playwright launch → first action {pw_first}"
+            ),
+            "≤ 700 ms".into(),
+        ));
+        rows.push((
+            "browser: peak memory of one execution (PSS)".into(),
+            format!("{pss:.0} MiB (sandbox, agent, Chromium, ffmpeg)"),
+            "".into(),
+        ));
+        record.insert(
+            "browser".into(),
+            json!({"runs": args.browser_runs, "per_action_ms": per_action, "per_action_ms_without_video": per_action_novideo,
+                   "execute_to_first_action_ms": to_first, "execute_to_first_action_ms_worst": to_first_max, "peak_pss_mib": pss,
+                   "playwright": playwright.map(|(a, f)| json!({"per_action_ms": a, "launch_to_first_action_ms": f}))}),
+        );
+    }
 
     let rss = rss_latency.max(rss_burst).max(rss_post);
     rows.push((

@@ -74,6 +74,7 @@ pub struct Page {
 
 pub struct Browser {
     cdp: Arc<Cdp>,
+    emitter: Emitter,
     child: tokio::process::Child,
     pub page: Page,
     recorder: Option<Recorder>,
@@ -176,7 +177,8 @@ impl Browser {
             .await
             {
                 Ok(recorder) => browser.recorder = Some(recorder),
-                Err(err) => return Err(LaunchError(format!("could not start the screen recording: {err:#}"))),
+                // A run without its video is still a run.
+                Err(err) => browser.emitter.log("warn", format!("no video: {err:#}"), None),
             }
         }
         Ok(browser)
@@ -210,8 +212,9 @@ impl Browser {
             main_frame,
             state.clone(),
             options.allowlist.clone(),
-            emitter,
+            emitter.clone(),
         ));
+        let emitter_for_browser = emitter;
         let s = Some(session.as_str());
         let mut setup = vec![
             cdp.call("Page.enable", json!({}), s),
@@ -245,7 +248,7 @@ impl Browser {
             width: options.width,
             height: options.height,
         };
-        Ok(Browser { cdp, child, page, recorder: None, watcher })
+        Ok(Browser { cdp, emitter: emitter_for_browser, child, page, recorder: None, watcher })
     }
 
     /// Finishes the recording, then closes the browser. Returns the

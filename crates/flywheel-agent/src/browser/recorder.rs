@@ -21,6 +21,12 @@ use tokio::task::JoinHandle;
 
 /// Frames per second of the video.
 const FPS: u32 = 10;
+const FRAME_INTERVAL: Duration = Duration::from_millis(1000 / FPS as u64);
+
+/// Whether `program` is in one of the PATH's directories.
+fn in_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
 
 /// Seconds since the Unix epoch, now.
 pub fn epoch_secs() -> f64 {
@@ -57,23 +63,18 @@ impl Recorder {
         height: u32,
         run_started: f64,
     ) -> anyhow::Result<Recorder> {
-        let mut ffmpeg = tokio::process::Command::new("ffmpeg")
-            .args([
-                "-nostdin",
-                "-y",
-                "-loglevel",
-                "error",
-                "-f",
-                "image2pipe",
-                "-c:v",
-                "mjpeg",
-                "-framerate",
-                &FPS.to_string(),
-                "-i",
-                "-",
-            ])
-            .args(["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2,format=yuv420p", "-r", &FPS.to_string()])
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-crf", "30", "-movflags", "+faststart"])
+        if !in_path("ffmpeg") {
+            bail!("ffmpeg is not installed, so there is no video (apt-get install ffmpeg)");
+        }
+        let fps = FPS.to_string();
+        // The steps come first: the encoder runs at a lower priority, on one
+        // thread, without look-ahead (less memory); it catches up in pauses.
+        let mut ffmpeg = tokio::process::Command::new("nice")
+            .args(["-n", "10", "ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-threads", "1"])
+            .args(["-f", "image2pipe", "-c:v", "mjpeg", "-framerate", &fps, "-i", "-"])
+            .args(["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2,format=yuv420p", "-r", &fps])
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-threads", "1", "-crf", "30"])
+            .args(["-movflags", "+faststart"])
             .arg(output)
             // The input is replaced by the pipe below (-nostdin is for ffmpeg's keyboard).
             .stdin(Stdio::piped())
@@ -83,7 +84,7 @@ impl Recorder {
             .spawn()
             .map_err(|err| {
                 if err.kind() == std::io::ErrorKind::NotFound {
-                    anyhow::anyhow!("ffmpeg is not installed, so there is no video (apt-get install ffmpeg)")
+                    anyhow::anyhow!("nice (coreutils) is not installed, so there is no video")
                 } else {
                     anyhow::anyhow!("could not start ffmpeg: {err}")
                 }
@@ -96,6 +97,7 @@ impl Recorder {
         let mut events = cdp.subscribe();
         let (task_cdp, task_shared, task_session) = (cdp.clone(), shared.clone(), session.to_owned());
         let frames_task = tokio::spawn(async move {
+            let mut last_frame = tokio::time::Instant::now();
             loop {
                 let event = match events.recv().await {
                     Ok(event) => event,
@@ -105,10 +107,15 @@ impl Recorder {
                 if event.method != "Page.screencastFrame" || event.session.as_deref() != Some(task_session.as_str()) {
                     continue;
                 }
-                // The browser sends the next frame only once this one is acknowledged.
+                // The browser sends the next frame only once this one is
+                // acknowledged: acknowledging no sooner than the video needs
+                // keeps a busy page from costing a JPEG per paint.
                 if let Some(ack) = event.params.get("sessionId").cloned() {
                     let (cdp, session) = (task_cdp.clone(), task_session.clone());
+                    let wait = (last_frame + FRAME_INTERVAL).saturating_duration_since(tokio::time::Instant::now());
+                    last_frame = tokio::time::Instant::now();
                     tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
                         let _ = cdp.call("Page.screencastFrameAck", json!({"sessionId": ack}), Some(&session)).await;
                     });
                 }
@@ -186,7 +193,7 @@ async fn feed(
     started: f64,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Option<ChildStdin> {
-    let mut tick = tokio::time::interval(Duration::from_millis(1000 / u64::from(FPS)));
+    let mut tick = tokio::time::interval(FRAME_INTERVAL);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
