@@ -183,6 +183,15 @@ fn read_input(raw: &str) -> anyhow::Result<Value> {
     Ok(value)
 }
 
+/// The server's JSON for scripts, or the human form.
+fn show(json: bool, value: &Value, human: impl FnOnce(&Value)) {
+    if json {
+        print_json(value);
+    } else {
+        human(value);
+    }
+}
+
 fn print_json(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
@@ -193,9 +202,7 @@ async fn workflows(cmd: WorkflowsCommand) -> anyhow::Result<ExitCode> {
             let body = read_workflow_file(&file)?;
             let c = Client::new(&client)?;
             let created = c.call(Method::POST, "/api/workflows", Some(&body)).await?;
-            if client.json {
-                print_json(&created);
-            } else {
+            show(client.json, &created, |created| {
                 println!(
                     "Created workflow {} ({}), version {}, uuid {}",
                     created["name"].as_str().unwrap_or_default(),
@@ -206,7 +213,7 @@ async fn workflows(cmd: WorkflowsCommand) -> anyhow::Result<ExitCode> {
                 for warning in created["warnings"].as_array().into_iter().flatten() {
                     println!("warning: {}", warning.as_str().unwrap_or_default());
                 }
-            }
+            });
         }
         WorkflowsCommand::Apply { file, client } => {
             let body = read_workflow_file(&file)?;
@@ -223,9 +230,7 @@ async fn workflows(cmd: WorkflowsCommand) -> anyhow::Result<ExitCode> {
                 }
                 Err(_) => ("Created", c.call(Method::POST, "/api/workflows", Some(&body)).await?),
             };
-            if client.json {
-                print_json(&workflow);
-            } else {
+            show(client.json, &workflow, |workflow| {
                 println!(
                     "{verb} workflow {} ({}), version {}",
                     workflow["name"].as_str().unwrap_or_default(),
@@ -235,23 +240,15 @@ async fn workflows(cmd: WorkflowsCommand) -> anyhow::Result<ExitCode> {
                 for warning in workflow["warnings"].as_array().into_iter().flatten() {
                     println!("warning: {}", warning.as_str().unwrap_or_default());
                 }
-            }
+            });
         }
         WorkflowsCommand::List { limit, client } => {
             let page = Client::new(&client)?.get(&format!("/api/workflows?limit={limit}")).await?;
-            if client.json {
-                print_json(&page);
-            } else {
-                output::workflow_table(&page["items"]);
-            }
+            show(client.json, &page, |page| output::workflow_table(&page["items"]));
         }
         WorkflowsCommand::Get { workflow, client } => {
             let wf = Client::new(&client)?.get(&format!("/api/workflows/{workflow}")).await?;
-            if client.json {
-                print_json(&wf);
-            } else {
-                output::workflow_details(&wf);
-            }
+            show(client.json, &wf, |wf| output::workflow_details(wf));
         }
         WorkflowsCommand::Delete { workflow, yes, client } => {
             let c = Client::new(&client)?;
@@ -414,19 +411,11 @@ async fn executions(cmd: ExecutionsCommand) -> anyhow::Result<ExitCode> {
                 query.push_str(&format!("&status={status}"));
             }
             let page = c.get(&query).await?;
-            if client.json {
-                print_json(&page);
-            } else {
-                output::execution_table(&page["items"]);
-            }
+            show(client.json, &page, |page| output::execution_table(&page["items"]));
         }
         ExecutionsCommand::Get { execution, client } => {
             let e = Client::new(&client)?.get(&format!("/api/executions/{execution}")).await?;
-            if client.json {
-                print_json(&e);
-            } else {
-                output::execution_details(&e, true);
-            }
+            show(client.json, &e, |e| output::execution_details(e, true));
         }
         ExecutionsCommand::Logs { execution, follow: follow_on, client } => {
             let c = Client::new(&client)?;
@@ -453,11 +442,7 @@ async fn executions(cmd: ExecutionsCommand) -> anyhow::Result<ExitCode> {
         ExecutionsCommand::Stop { execution, client } => {
             let stopped =
                 Client::new(&client)?.call(Method::POST, &format!("/api/executions/{execution}/stop"), None).await?;
-            if client.json {
-                print_json(&stopped);
-            } else {
-                println!("Stopped execution {execution}");
-            }
+            show(client.json, &stopped, |_| println!("Stopped execution {execution}"));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -478,19 +463,11 @@ async fn secrets(cmd: SecretsCommand) -> anyhow::Result<ExitCode> {
             let saved = Client::new(&client)?
                 .call(Method::PUT, &format!("/api/secrets/{name}"), Some(&json!({"value": value})))
                 .await?;
-            if client.json {
-                print_json(&saved);
-            } else {
-                println!("Saved secret {name}; use it as {{{{ secrets.{name} }}}}");
-            }
+            show(client.json, &saved, |_| println!("Saved secret {name}; use it as {{{{ secrets.{name} }}}}"));
         }
         SecretsCommand::List { client } => {
             let list = Client::new(&client)?.get("/api/secrets").await?;
-            if client.json {
-                print_json(&list);
-            } else {
-                output::secret_table(&list["items"]);
-            }
+            show(client.json, &list, |list| output::secret_table(&list["items"]));
         }
         SecretsCommand::Delete { name, client } => {
             Client::new(&client)?.call(Method::DELETE, &format!("/api/secrets/{name}"), None).await?;
