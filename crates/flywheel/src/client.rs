@@ -248,7 +248,7 @@ async fn workflows(cmd: WorkflowsCommand) -> anyhow::Result<ExitCode> {
         }
         WorkflowsCommand::Get { workflow, client } => {
             let wf = Client::new(&client)?.get(&format!("/api/workflows/{workflow}")).await?;
-            show(client.json, &wf, |wf| output::workflow_details(wf));
+            show(client.json, &wf, output::workflow_details);
         }
         WorkflowsCommand::Delete { workflow, yes, client } => {
             let c = Client::new(&client)?;
