@@ -10,7 +10,9 @@
 //! of step.
 
 pub mod browser;
+pub mod computer_use;
 pub mod emit;
+pub mod model;
 pub mod steps;
 pub mod template;
 
@@ -18,8 +20,9 @@ use anyhow::Context;
 use browser::allowlist::Allowlist;
 use browser::{Browser, BrowserOptions};
 use emit::Emitter;
-use flywheel_model::protocol::{AgentEvent, BrowserJob, Job};
+use flywheel_model::protocol::{AgentEvent, AgentJob, BrowserJob, Job};
 use flywheel_model::{ErrorCode, Specification, Step};
+use model::transport::ModelClient;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -46,6 +49,14 @@ pub struct RunContext {
     pub screenshots: u32,
     /// When the agent started (seconds since the epoch).
     pub run_started: f64,
+    /// The model, when the specification has a prompt or agent steps.
+    pub agent: Option<AgentJob>,
+    /// The connection to the model (through the worker).
+    pub model_client: Option<ModelClient>,
+    /// Go on past OpenAI's pending safety checks.
+    pub acknowledge_safety_checks: bool,
+    /// Cap on agent turns (`max_steps`).
+    pub max_steps: u32,
 }
 
 impl RunContext {
@@ -104,6 +115,7 @@ pub async fn run_job(job: Job, work_dir: PathBuf) -> bool {
         }
     };
     let raw_steps = job.specification.get("steps").and_then(Value::as_array).cloned().unwrap_or_default();
+    let emitter_for_model = emitter.clone();
     let mut ctx = RunContext {
         emitter,
         input: job.input,
@@ -115,6 +127,10 @@ pub async fn run_job(job: Job, work_dir: PathBuf) -> bool {
         screenshot_every_action: job.browser.as_ref().is_some_and(|b| b.screenshot_every_action),
         screenshots: 0,
         run_started: browser::recorder::epoch_secs(),
+        model_client: job.agent.as_ref().map(|a| ModelClient::start(emitter_for_model.clone(), &a.provider)),
+        agent: job.agent.clone(),
+        acknowledge_safety_checks: parsed.spec.acknowledge_safety_checks,
+        max_steps: parsed.spec.max_steps,
     };
     if let Some(browser_job) = &job.browser {
         if let Err(message) = start_browser(&mut ctx, browser_job, &parsed.spec).await {
@@ -168,6 +184,7 @@ async fn start_browser(
             target: Some(serde_json::json!({"url": url})),
             outcome: format!("loaded {}", browser.page.url()),
             duration_ms: started.elapsed().as_millis() as u64,
+            reasoning: None,
         });
     }
     ctx.browser = Some(browser);
@@ -207,21 +224,66 @@ fn fail(emitter: &Emitter, code: ErrorCode, message: String, step: Option<u32>) 
 
 /// Renders a raw step with the current values and parses it.
 fn prepare_step(ctx: &RunContext, raw: &Value) -> Result<Step, String> {
-    let rendered = template::render_value(raw, &ctx.input, &ctx.vars, &ctx.secrets).map_err(|e| e.to_string())?;
+    // What a model reads must never hold a secret's value: in an agent step,
+    // `{{ secrets.NAME }}` becomes a reference the model can type by name.
+    let secrets = if raw.get("agent").is_some() { secret_references(&ctx.secrets) } else { ctx.secrets.clone() };
+    let rendered = template::render_value(raw, &ctx.input, &ctx.vars, &secrets).map_err(|e| e.to_string())?;
     Step::parse(&rendered).map(|(step, _)| step).map_err(|e| e.to_string())
 }
 
-async fn run_steps(ctx: &mut RunContext, spec: &Specification, raw_steps: &[Value]) -> bool {
-    if spec.prompt.is_some() {
-        ctx.emitter.send(&AgentEvent::Error {
-            code: ErrorCode::AgentError,
-            message: "this workflow has a prompt, but this Flywheel build has no AI agent yet: \
-                      remove `prompt` and use steps, or upgrade Flywheel"
-                .to_owned(),
-            step: None,
-        });
-        return false;
+/// Secret names in place of their values, for text a model reads.
+fn secret_references(secrets: &Map<String, Value>) -> Map<String, Value> {
+    secrets
+        .keys()
+        .map(|name| (name.clone(), Value::String(format!("[the secret {name}: type it with type_secret]"))))
+        .collect()
+}
+
+/// The workflow's prompt, after its steps: the AI agent pursues it and its
+/// answer becomes `output.result`.
+async fn run_prompt(ctx: &mut RunContext, spec: &Specification) -> bool {
+    let Some(prompt) = spec.prompt.as_deref().filter(|p| !p.trim().is_empty()) else { return true };
+    let rendered = template::render_value(
+        &Value::String(prompt.to_owned()),
+        &ctx.input,
+        &ctx.vars,
+        &secret_references(&ctx.secrets),
+    );
+    let goal = match rendered {
+        Ok(Value::String(goal)) => goal,
+        Ok(other) => other.to_string(),
+        Err(err) => {
+            ctx.emitter.send(&AgentEvent::Error {
+                code: ErrorCode::InvalidInput,
+                message: format!("prompt: {err}"),
+                step: None,
+            });
+            return false;
+        }
+    };
+    let max_steps = ctx.max_steps;
+    match computer_use::run_agent(ctx, None, &goal, max_steps, spec.output_schema.as_ref()).await {
+        Ok(answer) => {
+            ctx.set_value("result", answer);
+            true
+        }
+        Err(failure) => {
+            if let Some(browser) = &ctx.browser {
+                if let Ok(png) = browser.page.screenshot(false).await {
+                    let _ = ctx.store_screenshot("failure-agent", &png, None);
+                }
+            }
+            ctx.emitter.send(&AgentEvent::Error { code: failure.code, message: failure.message, step: None });
+            false
+        }
     }
+}
+
+async fn run_steps(ctx: &mut RunContext, spec: &Specification, raw_steps: &[Value]) -> bool {
+    run_step_list(ctx, raw_steps).await && run_prompt(ctx, spec).await
+}
+
+async fn run_step_list(ctx: &mut RunContext, raw_steps: &[Value]) -> bool {
     for (index, raw) in raw_steps.iter().enumerate() {
         let index = index as u32;
         let started = Instant::now();
@@ -240,10 +302,16 @@ async fn run_steps(ctx: &mut RunContext, spec: &Specification, raw_steps: &[Valu
         // A step that cannot even be rendered failed because of its input
         // (or a value an earlier step did not produce): running it again
         // would fail the same way, so it is not a retryable step failure.
-        let (result, code) = match prepared {
+        let (result, mut code) = match prepared {
             Ok(step) => (steps::run_step(ctx, index, &step).await, ErrorCode::StepFailed),
             Err(err) => (Err(anyhow::anyhow!(err)), ErrorCode::InvalidInput),
         };
+        // An agent step that used up its turns is max_steps, not a step failure.
+        if let Some(failure) = result.as_ref().err().and_then(|e| e.downcast_ref::<computer_use::AgentFailure>()) {
+            if failure.code != ErrorCode::AgentError {
+                code = failure.code;
+            }
+        }
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(()) => ctx.emitter.send(&AgentEvent::StepFinished { index, ok: true, duration_ms, error: None }),

@@ -7,6 +7,11 @@
 //! never talks to the database. Its stderr is kept as warning log lines.
 //! The last event of a run that ended by itself is [`AgentEvent::Finished`];
 //! a stream that ends without it means the agent died.
+//!
+//! The agent never holds a model provider's API key. To talk to a model it
+//! sends an [`AgentEvent::ModelRequest`] (provider, path, body); the worker
+//! adds the key, sends it to the provider configured for the workflow, and
+//! writes the answer back as a [`WorkerMessage`] line on the agent's stdin.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -40,6 +45,9 @@ pub struct Job {
     /// The browser, when the specification needs a screen.
     #[serde(default)]
     pub browser: Option<BrowserJob>,
+    /// The model, when the specification has a prompt or agent steps.
+    #[serde(default)]
+    pub agent: Option<AgentJob>,
 }
 
 /// How the agent starts and drives its browser.
@@ -87,6 +95,31 @@ pub enum AgentEvent {
         target: Option<Value>,
         outcome: String,
         duration_ms: u64,
+        /// What the model said about why, when a model chose the action.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reasoning: Option<String>,
+    },
+    /// One turn of the AI agent: the model looked at the screen and answered.
+    AgentTurn {
+        step: Option<u32>,
+        turn: u32,
+        /// The model's text (reasoning or message), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// How many actions it asked for.
+        actions: u32,
+    },
+    /// A call to the model provider, to be made by the worker.
+    ModelRequest {
+        id: u64,
+        /// `anthropic`, `openai` or `openai-compatible`.
+        provider: String,
+        /// The API path after the base URL, e.g. `/v1/messages`.
+        path: String,
+        /// Extra headers (never the key).
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        body: Value,
     },
     /// A named output value.
     Output { name: String, value: Value },
@@ -107,6 +140,35 @@ pub enum AgentEvent {
     },
     /// The run is over; nothing follows.
     Finished { ok: bool },
+}
+
+/// What the worker writes to the agent's stdin, one per line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerMessage {
+    /// The provider's answer to [`AgentEvent::ModelRequest`] `id`.
+    ModelResponse {
+        id: u64,
+        status: u16,
+        /// `retry-after` and the like.
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        /// The body, as JSON if it was JSON, else as a string.
+        body: Value,
+    },
+    /// The request could not be made (refused, network error).
+    ModelError { id: u64, message: String },
+}
+
+/// What the agent needs to know about its model (the worker keeps the key
+/// and the address).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentJob {
+    pub provider: String,
+    pub model: String,
+    /// Names of the secrets the agent may ask to type (values are in `Job::secrets`).
+    #[serde(default)]
+    pub secret_names: Vec<String>,
 }
 
 #[cfg(test)]

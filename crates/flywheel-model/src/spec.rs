@@ -111,6 +111,12 @@ pub struct ParsedSpecification {
 }
 
 impl Specification {
+    /// Whether an AI model drives any of it (a prompt or an agent step).
+    pub fn needs_agent(&self) -> bool {
+        self.prompt.as_deref().is_some_and(|p| !p.trim().is_empty())
+            || self.steps.iter().any(|s| matches!(s.action, crate::step::StepAction::Agent(_)))
+    }
+
     /// Whether the sandbox needs a browser for this specification.
     pub fn needs_browser(&self) -> bool {
         self.start_url.is_some()

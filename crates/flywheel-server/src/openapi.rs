@@ -22,7 +22,7 @@ use utoipa::{Modify, OpenApi};
         views::Workflow, views::WorkflowVersion, views::Execution, views::ExecutionErrorView, views::LogEntryView,
         views::Artifact, views::WorkflowPage, views::ExecutionPage, views::VersionList, views::LogPage,
         views::ArtifactList, views::Health, views::ErrorBody,
-        views::Secret, views::SecretList,
+        views::Secret, views::SecretList, views::Usage,
         workflows::CreateWorkflow, workflows::UpdateWorkflow, executions::ExecuteWorkflow, secrets::PutSecret,
     )),
     modifiers(&Security),

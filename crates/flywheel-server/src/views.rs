@@ -168,6 +168,8 @@ pub struct Execution {
     /// Actions on the screen.
     pub n_agent_actions: i64,
     pub n_screenshots: i64,
+    /// Model tokens the run used.
+    pub usage: Usage,
     /// Named values produced by the run.
     #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
@@ -211,6 +213,7 @@ impl Execution {
             n_steps: record.n_steps,
             n_agent_actions: record.n_agent_actions,
             n_screenshots: record.n_screenshots,
+            usage: Usage { input_tokens: record.input_tokens, output_tokens: record.output_tokens },
             output: record.output,
             output_url,
             video_url: record.video.as_deref().map(|name| signer.artifact_url(record.uuid, name)),
@@ -219,6 +222,13 @@ impl Execution {
             logs_truncated: None,
         }
     }
+}
+
+/// Tokens used by the AI agent's model calls, summed over an execution.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    pub input_tokens: i64,
+    pub output_tokens: i64,
 }
 
 /// A stored file of an execution.

@@ -130,6 +130,9 @@ pub struct ExecutionRecord {
     pub log_count: i64,
     /// Name of the screen recording artifact.
     pub video: Option<String>,
+    /// Model tokens used, summed over the run.
+    pub input_tokens: i64,
+    pub output_tokens: i64,
 }
 
 impl ExecutionRecord {
@@ -174,11 +177,21 @@ pub struct Progress {
     pub add_steps: i64,
     pub add_agent_actions: i64,
     pub add_screenshots: i64,
+    /// Model tokens used.
+    pub add_input_tokens: i64,
+    pub add_output_tokens: i64,
 }
 
 impl Progress {
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.add_steps == 0 && self.add_agent_actions == 0 && self.add_screenshots == 0
+        self.entries.is_empty() && !self.has_counters()
+    }
+
+    /// Whether any counter moves.
+    pub fn has_counters(&self) -> bool {
+        [self.add_steps, self.add_agent_actions, self.add_screenshots, self.add_input_tokens, self.add_output_tokens]
+            .iter()
+            .any(|n| *n != 0)
     }
 }
 

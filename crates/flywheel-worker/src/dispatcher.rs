@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     pub exclusive: bool,
     /// How executions that need a screen get their browser.
     pub browser: BrowserSettings,
+    /// The model providers the AI agent may use, with their keys.
+    pub models: crate::models::ModelSettings,
 }
 
 /// The browser every execution with a screen gets.
@@ -74,7 +76,11 @@ impl Dispatcher {
         signals: Signals,
         config: WorkerConfig,
     ) -> Dispatcher {
-        Dispatcher { deps: Arc::new(RunDeps { store, secrets, artifacts, runtime, signals, config }) }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("flywheel/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Dispatcher { deps: Arc::new(RunDeps { store, http, secrets, artifacts, runtime, signals, config }) }
     }
 
     /// Cleans up after a previous process: fails (or retries) executions it

@@ -11,6 +11,7 @@
 //! - [`translate`]: agent events into log entries, counters and outcome.
 
 pub mod dispatcher;
+pub mod models;
 pub mod run;
 pub mod runtime;
 pub mod signals;

@@ -7,6 +7,7 @@
 //! the status (under the lease, never over a terminal status), the full log,
 //! and removes the work dir.
 
+use crate::models::{self, ResolvedModel};
 use crate::runtime::{Runtime, Sandbox, SandboxSpec};
 use crate::signals::{Signals, StopHandle, StopReason};
 use crate::translate::RunState;
@@ -14,7 +15,7 @@ use crate::{BrowserSettings, WorkerConfig};
 use anyhow::Context;
 use bytes::Bytes;
 use flywheel_model::log::{LogKind, LogLevel, NewLogEntry};
-use flywheel_model::protocol::{AgentEvent, BrowserJob, Job, SANDBOX_ARTIFACTS_DIR};
+use flywheel_model::protocol::{AgentEvent, AgentJob, BrowserJob, Job, WorkerMessage, SANDBOX_ARTIFACTS_DIR};
 use flywheel_model::redact::Redactor;
 use flywheel_model::time::{now_ms, rfc3339};
 use flywheel_model::{ErrorCode, ExecutionError, Specification};
@@ -27,7 +28,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tracing::{info, warn, Instrument};
 
 /// Names the worker writes itself; the agent cannot take them.
@@ -40,6 +41,8 @@ const STDERR_TAIL: usize = 4096;
 /// Everything a run needs, shared by all runs of a dispatcher.
 pub(crate) struct RunDeps {
     pub store: Arc<dyn Store>,
+    /// For model calls on the agent's behalf.
+    pub http: reqwest::Client,
     pub secrets: Arc<SecretCipher>,
     pub artifacts: Arc<dyn ArtifactStore>,
     pub runtime: Arc<dyn Runtime>,
@@ -94,11 +97,13 @@ async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path
         work_dir: work_dir.to_owned(),
         lease_lost: false,
         redactor: Redactor::default(),
+        model: None,
     };
     let sandbox = match build_job(deps, claimed).await {
         Err(error) => Err(error),
-        Ok((job, redactor)) => {
+        Ok(Prepared { job, redactor, model }) => {
             run.redactor = redactor;
+            run.model = model;
             match write_work_dir(&job, work_dir).await {
                 Err(err) => Err(ExecutionError::new(
                     ErrorCode::SandboxError,
@@ -171,7 +176,7 @@ fn referenced_secrets(specification: &serde_json::Value) -> Vec<String> {
 
 /// Everything the agent gets, and the redactor for what it sends back. A
 /// secret the specification uses but nobody set fails the run here.
-async fn build_job(deps: &RunDeps, claimed: &ClaimedExecution) -> Result<(Job, Redactor), ExecutionError> {
+async fn build_job(deps: &RunDeps, claimed: &ClaimedExecution) -> Result<Prepared, ExecutionError> {
     let internal = |err: anyhow::Error| {
         ExecutionError::new(ErrorCode::SandboxError, format!("could not prepare the job: {err:#}"))
     };
@@ -194,7 +199,27 @@ async fn build_job(deps: &RunDeps, claimed: &ClaimedExecution) -> Result<(Job, R
             ));
         }
     }
-    let redactor = Redactor::new(secrets.values().cloned());
+    let spec = Specification::parse(&claimed.specification)
+        .map_err(|errors| internal(anyhow::anyhow!("the stored specification no longer parses: {errors:?}")))?
+        .spec;
+    let model = if spec.needs_agent() {
+        let model = deps
+            .config
+            .models
+            .resolve(spec.agent.as_ref())
+            .map_err(|msg| ExecutionError::new(ErrorCode::AgentError, msg))?;
+        Some(model)
+    } else {
+        None
+    };
+    let agent = model.as_ref().map(|m| AgentJob {
+        provider: m.provider.clone(),
+        model: m.model.clone(),
+        secret_names: secrets.keys().cloned().collect(),
+    });
+    let mut masked: Vec<String> = secrets.values().cloned().collect();
+    masked.extend(model.as_ref().and_then(|m| m.api_key.clone()));
+    let redactor = Redactor::new(masked);
     let record = &claimed.record;
     let job = Job {
         execution_uuid: record.uuid,
@@ -206,8 +231,25 @@ async fn build_job(deps: &RunDeps, claimed: &ClaimedExecution) -> Result<(Job, R
         artifacts_dir: SANDBOX_ARTIFACTS_DIR.to_owned(),
         secrets,
         browser: browser_job(&claimed.specification, &deps.config.browser).map_err(internal)?,
+        agent,
     };
-    Ok((job, redactor))
+    Ok(Prepared { job, redactor, model })
+}
+
+/// A model call made for the agent, ready to go back to it.
+struct ModelAnswer {
+    message: WorkerMessage,
+    usage: models::Usage,
+    /// A line for the log.
+    note: String,
+}
+
+/// A job ready to run, with what the worker keeps for itself.
+struct Prepared {
+    job: Job,
+    redactor: Redactor,
+    /// The model the agent may call, with its key.
+    model: Option<ResolvedModel>,
 }
 
 /// Writes `job.json` (readable by nobody else: it may hold secrets) and creates `artifacts/`.
@@ -230,9 +272,11 @@ struct Run<'a> {
     state: RunState,
     work_dir: PathBuf,
     lease_lost: bool,
-    /// Masks the run's secret values in everything stored (a second line of
-    /// defence behind the agent's own masking).
+    /// Masks the run's secret values (and the model key) in everything
+    /// stored (a second line of defence behind the agent's own masking).
     redactor: Redactor,
+    /// The model the agent may call.
+    model: Option<ResolvedModel>,
 }
 
 impl Run<'_> {
@@ -243,7 +287,8 @@ impl Run<'_> {
         sandbox: Sandbox,
         stop: &StopHandle,
     ) -> Option<ExecutionError> {
-        let Sandbox { stdout, stderr, mut control } = sandbox;
+        let Sandbox { mut stdin, stdout, stderr, mut control } = sandbox;
+        let (model_done, mut model_answers) = tokio::sync::mpsc::channel::<ModelAnswer>(16);
         let mut stdout = BufReader::new(stdout).lines();
         let mut stderr = BufReader::new(stderr).lines();
         let mut stderr_tail = String::new();
@@ -269,11 +314,27 @@ impl Run<'_> {
                             _ => break,
                         }
                     }
+                    self.start_model_calls(&model_done);
                     if self.persist(progress).await.is_err() {
                         break End::LeaseLost;
                     }
                     if self.state.finished.is_some() {
                         break End::AgentDone;
+                    }
+                }
+                Some(answer) = model_answers.recv() => {
+                    let mut line = serde_json::to_vec(&answer.message).unwrap_or_default();
+                    line.push(b'\n');
+                    // If the agent is gone, its stdout ends too; nothing to do here.
+                    let _ = stdin.write_all(&line).await;
+                    let progress = Progress {
+                        entries: vec![NewLogEntry::new(LogKind::Log, LogLevel::Debug, answer.note)],
+                        add_input_tokens: answer.usage.input_tokens,
+                        add_output_tokens: answer.usage.output_tokens,
+                        ..Default::default()
+                    };
+                    if self.persist(progress).await.is_err() {
+                        break End::LeaseLost;
                     }
                 }
                 line = stderr.next_line(), if stderr_open => match line {
@@ -347,6 +408,40 @@ impl Run<'_> {
                 let runtime = &self.deps.runtime;
                 self.state.outcome(exit_code, || runtime.diagnose_early_exit(&stderr_tail, exit_code), &stderr_tail)
             }
+        }
+    }
+
+    /// Makes the model calls the agent asked for, each in its own task; the
+    /// answers come back through `done`.
+    fn start_model_calls(&mut self, done: &tokio::sync::mpsc::Sender<ModelAnswer>) {
+        for request in std::mem::take(&mut self.state.model_requests) {
+            let (http, model, redactor, done) =
+                (self.deps.http.clone(), self.model.clone(), self.redactor.clone(), done.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let (message, usage) = match &model {
+                    Some(model) => models::call(&http, model, &redactor, &request).await,
+                    None => (
+                        WorkerMessage::ModelError {
+                            id: request.id,
+                            message: "this workflow has no prompt or agent step".into(),
+                        },
+                        models::Usage::default(),
+                    ),
+                };
+                let outcome = match &message {
+                    WorkerMessage::ModelResponse { status, .. } => format!("{status}"),
+                    WorkerMessage::ModelError { message, .. } => format!("failed: {message}"),
+                };
+                let (provider, path) = (&request.provider, &request.path);
+                let note = format!(
+                    "model call {provider} {path} → {outcome} in {} ms ({} tokens in, {} out)",
+                    started.elapsed().as_millis(),
+                    usage.input_tokens,
+                    usage.output_tokens
+                );
+                let _ = done.send(ModelAnswer { message, usage, note }).await;
+            });
         }
     }
 

@@ -21,6 +21,8 @@ pub struct RunState {
     pub output: Map<String, Value>,
     /// Artifacts announced by the agent, waiting to be stored: (name, kind, step).
     pub pending_artifacts: Vec<(String, String, Option<u32>)>,
+    /// Model calls the agent asked for, waiting to be made: (id, provider, path, headers, body).
+    pub model_requests: Vec<crate::models::ModelRequest>,
     /// Step labels by index, to name steps in later entries.
     step_labels: HashMap<u32, String>,
 }
@@ -68,20 +70,34 @@ impl RunState {
             AgentEvent::Log { level, message, step } => {
                 progress.entries.push(NewLogEntry::new(LogKind::Log, LogLevel::parse(&level), message).with_step(step));
             }
-            AgentEvent::Action { step, action, target, outcome, duration_ms } => {
+            AgentEvent::Action { step, action, target, outcome, duration_ms, reasoning } => {
                 progress.add_agent_actions += 1;
                 let target_text = target.as_ref().map(|t| format!(" {t}")).unwrap_or_default();
+                let message = format!("{action}{target_text}: {outcome} ({duration_ms} ms)");
+                let mut data =
+                    json!({"action": action, "target": target, "outcome": outcome, "duration_ms": duration_ms});
+                if let Some(reasoning) = reasoning {
+                    data["reasoning"] = Value::String(reasoning);
+                }
+                progress
+                    .entries
+                    .push(NewLogEntry::new(LogKind::Action, LogLevel::Info, message).with_step(step).with_data(data));
+            }
+            AgentEvent::AgentTurn { step, turn, text, actions } => {
+                progress.add_steps += 1;
+                let said = text.as_deref().map(|t| format!(": {}", shorten(t, 300))).unwrap_or_default();
                 progress.entries.push(
                     NewLogEntry::new(
-                        LogKind::Action,
+                        LogKind::Step,
                         LogLevel::Info,
-                        format!("{action}{target_text}: {outcome} ({duration_ms} ms)"),
+                        format!("Agent turn {turn} ({actions} actions){said}"),
                     )
                     .with_step(step)
-                    .with_data(
-                        json!({"action": action, "target": target, "outcome": outcome, "duration_ms": duration_ms}),
-                    ),
+                    .with_data(json!({"event": "turn", "turn": turn, "text": text, "actions": actions})),
                 );
+            }
+            AgentEvent::ModelRequest { id, provider, path, headers, body } => {
+                self.model_requests.push(crate::models::ModelRequest { id, provider, path, headers, body });
             }
             AgentEvent::Output { name, value } => {
                 progress.entries.push(
@@ -137,6 +153,14 @@ impl RunState {
     }
 }
 
+/// The first `max` characters of `text`, with an ellipsis if cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +179,7 @@ mod tests {
                 target: None,
                 outcome: "ok".into(),
                 duration_ms: 3,
+                reasoning: Some("the button".into()),
             },
             &mut progress,
         );

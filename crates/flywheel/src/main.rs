@@ -43,7 +43,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the server: API, dispatcher and sandboxed workers.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run one job inside a sandbox (started by the worker, not by people).
     #[command(hide = true)]
     Agent {
@@ -229,7 +229,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Agent { job } => run_agent(&job),
-        Command::Serve(args) => serve::main(args),
+        Command::Serve(args) => serve::main(*args),
         Command::Workflows(cmd) => client::run(client::ClientCommand::Workflows(cmd)),
         Command::Execute(args) => client::run(client::ClientCommand::Execute(args)),
         Command::Executions(cmd) => client::run(client::ClientCommand::Executions(cmd)),

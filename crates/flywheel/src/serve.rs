@@ -11,6 +11,7 @@ use flywheel_server::{App, ServerConfig};
 use flywheel_store::secrets::SecretCipher;
 use flywheel_store::sqlite::{Durability, SqliteStore};
 use flywheel_store::{LocalArtifactStore, Store};
+use flywheel_worker::models::{ModelSettings, ProviderSettings};
 use flywheel_worker::runtime::bubblewrap::{BubblewrapConfig, BubblewrapRuntime};
 use flywheel_worker::{BrowserSettings, Dispatcher, Runtime, Signals, WorkerConfig};
 use nix::fcntl::{Flock, FlockArg};
@@ -27,6 +28,8 @@ use tracing::{error, info, warn};
 #[derive(Args, Debug)]
 #[command(after_help = "Also read from the environment:\n  \
 FLYWHEEL_API_KEY      registered as an admin key at start (16+ characters)\n  \
+ANTHROPIC_API_KEY, OPENAI_API_KEY, OPENAI_COMPATIBLE_API_KEY\n                        \
+the model providers' keys (used by the worker only; never given to a sandbox)\n  \
 FLYWHEEL_SECRETS_KEY  64 hex characters sealing secrets (default: DATA_DIR/secrets.key, created once)\n  \
 FLYWHEEL_LOG          log filter, e.g. debug or info,flywheel_worker=debug (logs go to stderr)")]
 pub struct ServeArgs {
@@ -60,6 +63,27 @@ pub struct ServeArgs {
     /// workflow's url_allowlist unless it sets use_global_allowlist: false.
     #[arg(long, env = "FLYWHEEL_URL_ALLOWLIST", value_delimiter = ',')]
     pub url_allowlist: Vec<String>,
+    /// The model provider of workflows that name none: anthropic, openai or openai-compatible.
+    #[arg(long, env = "FLYWHEEL_AGENT_PROVIDER", default_value = "anthropic", value_parser = ["anthropic", "openai", "openai-compatible"])]
+    pub agent_provider: String,
+    /// Anthropic's API base URL (without /v1).
+    #[arg(long, env = "ANTHROPIC_BASE_URL", default_value = "https://api.anthropic.com")]
+    pub anthropic_base_url: String,
+    /// The Anthropic model of workflows that name none.
+    #[arg(long, env = "ANTHROPIC_MODEL", default_value = "claude-sonnet-4-20250514")]
+    pub anthropic_model: String,
+    /// OpenAI's API base URL (with /v1).
+    #[arg(long, env = "OPENAI_BASE_URL", default_value = "https://api.openai.com/v1")]
+    pub openai_base_url: String,
+    /// The OpenAI model of workflows that name none.
+    #[arg(long, env = "OPENAI_MODEL", default_value = "computer-use-preview")]
+    pub openai_model: String,
+    /// Base URL (with /v1) of an OpenAI-compatible server (vLLM, Ollama, LM Studio).
+    #[arg(long, env = "OPENAI_COMPATIBLE_BASE_URL")]
+    pub openai_compatible_base_url: Option<String>,
+    /// The OpenAI-compatible model of workflows that name none.
+    #[arg(long, env = "OPENAI_COMPATIBLE_MODEL")]
+    pub openai_compatible_model: Option<String>,
     /// Give sandboxes no network at all (http steps and browsers then only reach nothing).
     #[arg(long, env = "FLYWHEEL_SANDBOX_NO_NETWORK", value_parser = clap::builder::BoolishValueParser::new())]
     pub sandbox_no_network: bool,
@@ -88,6 +112,29 @@ pub struct ServeArgs {
     /// Serve the API only: queue executions but run none on this node.
     #[arg(long)]
     pub no_workers: bool,
+}
+
+/// The model providers, with their keys from the environment.
+fn model_settings(args: &ServeArgs) -> ModelSettings {
+    let key = |name: &str| std::env::var(name).ok().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty());
+    ModelSettings {
+        default_provider: args.agent_provider.clone(),
+        anthropic: ProviderSettings {
+            base_url: Some(args.anthropic_base_url.clone()),
+            api_key: key("ANTHROPIC_API_KEY"),
+            default_model: Some(args.anthropic_model.clone()),
+        },
+        openai: ProviderSettings {
+            base_url: Some(args.openai_base_url.clone()),
+            api_key: key("OPENAI_API_KEY"),
+            default_model: Some(args.openai_model.clone()),
+        },
+        openai_compatible: ProviderSettings {
+            base_url: args.openai_compatible_base_url.clone(),
+            api_key: key("OPENAI_COMPATIBLE_API_KEY"),
+            default_model: args.openai_compatible_model.clone(),
+        },
+    }
 }
 
 fn parse_viewport(raw: &str) -> Result<(u32, u32), String> {
@@ -235,6 +282,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         work_root: data_dir.join("sandboxes"),
         keep_work_dirs: args.keep_work_dirs,
         exclusive: true,
+        models: model_settings(&args),
         browser: BrowserSettings {
             executable: chromium,
             viewport_width: args.viewport.0,

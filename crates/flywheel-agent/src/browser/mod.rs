@@ -549,18 +549,37 @@ impl Page {
 
     /// A real click: move, press, release.
     pub async fn click(&self, x: f64, y: f64, button: &str, count: u32) -> anyhow::Result<()> {
+        self.click_with(x, y, button, count, 0).await
+    }
+
+    /// A click while holding modifiers (CDP bits: Alt 1, Ctrl 2, Meta 4, Shift 8).
+    pub async fn click_with(&self, x: f64, y: f64, button: &str, count: u32, modifiers: u32) -> anyhow::Result<()> {
         self.mouse_move(x, y).await?;
         for i in 1..=count {
             for kind in ["mousePressed", "mouseReleased"] {
-                self.cdp
-                    .call(
-                        "Input.dispatchMouseEvent",
-                        json!({"type": kind, "x": x, "y": y, "button": button, "clickCount": i}),
-                        self.s(),
-                    )
-                    .await?;
+                self.mouse_button(kind, x, y, button, i, modifiers).await?;
             }
         }
+        Ok(())
+    }
+
+    /// One `mousePressed` or `mouseReleased`.
+    pub async fn mouse_button(
+        &self,
+        kind: &str,
+        x: f64,
+        y: f64,
+        button: &str,
+        count: u32,
+        modifiers: u32,
+    ) -> anyhow::Result<()> {
+        self.cdp
+            .call(
+                "Input.dispatchMouseEvent",
+                json!({"type": kind, "x": x, "y": y, "button": button, "clickCount": count, "modifiers": modifiers}),
+                self.s(),
+            )
+            .await?;
         Ok(())
     }
 
@@ -582,6 +601,11 @@ impl Page {
 
     /// Presses a key or a chord (`Enter`, `Control+A`).
     pub async fn press(&self, spec: &str) -> anyhow::Result<()> {
+        self.press_for(spec, Duration::ZERO).await
+    }
+
+    /// Presses a key or chord and holds it for `hold` before letting go.
+    pub async fn press_for(&self, spec: &str, hold: Duration) -> anyhow::Result<()> {
         let chord = keys::parse_chord(spec).map_err(|e| anyhow!(e))?;
         let mut modifiers = 0;
         for key in &chord.modifier_keys {
@@ -595,6 +619,9 @@ impl Page {
         }
         let kind = if chord.key.text.is_some() { "keyDown" } else { "rawKeyDown" };
         self.key_event(kind, &chord.key, chord.modifiers).await?;
+        if !hold.is_zero() {
+            tokio::time::sleep(hold).await;
+        }
         self.key_event("keyUp", &chord.key, chord.modifiers).await?;
         for key in chord.modifier_keys.iter().rev() {
             self.key_event("keyUp", key, 0).await?;
@@ -615,6 +642,21 @@ impl Page {
         }
         self.cdp.call("Input.dispatchKeyEvent", params, self.s()).await?;
         Ok(())
+    }
+
+    /// A PNG of the viewport scaled by `scale` (1.0: as it is), for a model
+    /// whose display is smaller than the viewport.
+    pub async fn screenshot_scaled(&self, scale: f64) -> anyhow::Result<Vec<u8>> {
+        if (scale - 1.0).abs() < f64::EPSILON {
+            return self.screenshot(false).await;
+        }
+        let scroll = self.evaluate("[window.scrollX, window.scrollY]").await.unwrap_or(Value::Null);
+        let (sx, sy) = (scroll[0].as_f64().unwrap_or(0.0), scroll[1].as_f64().unwrap_or(0.0));
+        let params = json!({"format": "png", "clip": {"x": sx, "y": sy, "width": self.width, "height": self.height, "scale": scale}});
+        let result = self.cdp.call("Page.captureScreenshot", params, self.s()).await?;
+        let data = result["data"].as_str().context("no screenshot data")?;
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(data).context("screenshot data is not base64")
     }
 
     /// A PNG of the viewport, or of the whole page.

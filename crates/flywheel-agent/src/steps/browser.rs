@@ -188,6 +188,7 @@ pub async fn run(ctx: &mut RunContext, index: u32, step: &Step) -> anyhow::Resul
             target: (!target.is_null()).then_some(target),
             outcome,
             duration_ms: started.elapsed().as_millis() as u64,
+            reasoning: None,
         });
         if every_action {
             let png = page.screenshot(false).await?;

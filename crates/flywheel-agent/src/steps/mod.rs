@@ -6,7 +6,7 @@ mod http;
 mod shell;
 
 use crate::RunContext;
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 use flywheel_model::{Step, StepAction};
 use std::time::Duration;
 
@@ -35,7 +35,12 @@ async fn run_action(ctx: &mut RunContext, index: u32, step: &Step) -> anyhow::Re
             tokio::time::sleep(Duration::from_secs_f64(wait.seconds)).await;
             Ok(())
         }
-        StepAction::Agent(_) => bail!("agent steps need the AI agent, which this Flywheel build does not include yet"),
+        StepAction::Agent(agent) => {
+            let max_steps = agent.max_steps.unwrap_or(ctx.max_steps);
+            let answer = crate::computer_use::run_agent(ctx, Some(index), &agent.prompt, max_steps, None).await?;
+            ctx.set_value(agent.name.as_deref().unwrap_or("result"), answer);
+            Ok(())
+        }
         _ => browser::run(ctx, index, step).await,
     }
 }

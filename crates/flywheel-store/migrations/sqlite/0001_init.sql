@@ -48,6 +48,8 @@ CREATE TABLE executions (
     n_steps               INTEGER NOT NULL DEFAULT 0,
     n_agent_actions       INTEGER NOT NULL DEFAULT 0,
     n_screenshots         INTEGER NOT NULL DEFAULT 0,
+    input_tokens          INTEGER NOT NULL DEFAULT 0,
+    output_tokens         INTEGER NOT NULL DEFAULT 0,
     output                TEXT,
     -- Name of the screen recording artifact, once there is one.
     video_artifact        TEXT,

@@ -267,6 +267,8 @@ async fn insert_queued_execution(
         lease_owner: None,
         log_count: 1,
         video: None,
+        input_tokens: 0,
+        output_tokens: 0,
     })
 }
 
@@ -351,14 +353,17 @@ async fn fail_with_policy(
 
 async fn apply_progress(conn: &mut SqliteConnection, execution: Uuid, progress: &Progress) -> StoreResult<Vec<i64>> {
     let seqs = insert_logs(conn, execution, &progress.entries).await?;
-    if progress.add_steps != 0 || progress.add_agent_actions != 0 || progress.add_screenshots != 0 {
+    if progress.has_counters() {
         sqlx::query(
             "UPDATE executions SET n_steps = n_steps + ?, n_agent_actions = n_agent_actions + ?, \
-             n_screenshots = n_screenshots + ?, updated_at = ? WHERE uuid = ?",
+             n_screenshots = n_screenshots + ?, input_tokens = input_tokens + ?, output_tokens = output_tokens + ?, \
+             updated_at = ? WHERE uuid = ?",
         )
         .bind(progress.add_steps)
         .bind(progress.add_agent_actions)
         .bind(progress.add_screenshots)
+        .bind(progress.add_input_tokens)
+        .bind(progress.add_output_tokens)
         .bind(now_ms())
         .bind(execution.to_string())
         .execute(&mut *conn)

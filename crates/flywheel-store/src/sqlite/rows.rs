@@ -14,7 +14,7 @@ pub(crate) const EXECUTION_COLUMNS: &str =
     "e.uuid, e.workflow_uuid, e.workflow_version_uuid, w.name AS workflow_name, \
      e.status, e.input_payload, e.warnings, e.error_code, e.error_message, e.attempt, e.retry_of, e.retried_by, \
      e.created_at, e.updated_at, e.queued_at, e.started_at, e.finished_at, e.n_steps, e.n_agent_actions, \
-     e.n_screenshots, e.output, e.timeout_ms, e.retry_attempts, e.concurrency, e.lease_owner, e.next_log_seq, e.video_artifact";
+     e.n_screenshots, e.output, e.timeout_ms, e.retry_attempts, e.concurrency, e.lease_owner, e.next_log_seq, e.video_artifact, e.input_tokens, e.output_tokens";
 
 pub(crate) const EXECUTION_FROM: &str = "FROM executions e JOIN workflows w ON w.uuid = e.workflow_uuid";
 
@@ -98,6 +98,8 @@ pub(crate) fn execution(row: &SqliteRow) -> StoreResult<ExecutionRecord> {
         lease_owner: row.try_get("lease_owner")?,
         log_count: row.try_get::<i64, _>("next_log_seq")? - 1,
         video: row.try_get("video_artifact")?,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
     })
 }
 

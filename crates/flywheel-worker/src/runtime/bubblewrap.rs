@@ -267,17 +267,19 @@ impl Runtime for BubblewrapRuntime {
         let mut child = Command::new(&self.config.bwrap)
             .args(&args)
             .env_clear()
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| self.spawn_error(&e))?;
+        let stdin = child.stdin.take().ok_or_else(|| SandboxError("no stdin pipe".into()))?;
         let stdout = child.stdout.take().ok_or_else(|| SandboxError("no stdout pipe".into()))?;
         let stderr = child.stderr.take().ok_or_else(|| SandboxError("no stderr pipe".into()))?;
         let pgid = child.id().map(|id| Pid::from_raw(id as i32));
         Ok(Sandbox {
+            stdin: Box::new(stdin),
             stdout: Box::new(stdout),
             stderr: Box::new(stderr),
             control: Box::new(BubblewrapControl { child, pgid, exit: None }),

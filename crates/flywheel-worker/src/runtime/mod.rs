@@ -11,7 +11,7 @@ pub mod bubblewrap;
 
 use async_trait::async_trait;
 use std::path::PathBuf;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite};
 use uuid::Uuid;
 
 /// A sandbox could not be created. The message says what to install or
@@ -38,6 +38,8 @@ pub struct SandboxSpec {
 
 /// A running sandbox.
 pub struct Sandbox {
+    /// Messages to the agent (model answers).
+    pub stdin: Box<dyn AsyncWrite + Send + Unpin>,
     /// The agent's event stream.
     pub stdout: Box<dyn AsyncRead + Send + Unpin>,
     /// The agent's (and the sandbox tool's) diagnostics.

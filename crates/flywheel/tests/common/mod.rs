@@ -385,3 +385,105 @@ impl Fixture {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// What a fake model provider answers, in order (the last one repeats).
+#[derive(Clone)]
+pub enum FakeReply {
+    /// 200 with this JSON.
+    Ok(Value),
+    /// This status, body and headers.
+    Status(u16, Value, Vec<(&'static str, &'static str)>),
+    /// Wait, then answer.
+    Slow(Duration, Value),
+}
+
+/// A request a fake provider received: its headers and JSON body.
+pub type SeenRequest = (std::collections::HashMap<String, String>, Value);
+
+/// A local server speaking a provider's wire protocol: it records every
+/// request (headers and body) and replays a scripted plan.
+pub struct FakeProvider {
+    pub url: String,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<SeenRequest>>>,
+}
+
+impl FakeProvider {
+    pub async fn start(path: &'static str, script: Vec<FakeReply>) -> FakeProvider {
+        use axum::response::IntoResponse;
+        let requests: std::sync::Arc<std::sync::Mutex<Vec<SeenRequest>>> = Default::default();
+        let script = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(script)));
+        let seen = requests.clone();
+        let handler = move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let (seen, script) = (seen.clone(), script.clone());
+            async move {
+                let headers: std::collections::HashMap<String, String> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+                    .collect();
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                seen.lock().unwrap().push((headers, body));
+                let reply = {
+                    let mut script = script.lock().unwrap();
+                    if script.len() > 1 {
+                        script.pop_front()
+                    } else {
+                        script.front().cloned()
+                    }
+                };
+                match reply {
+                    Some(FakeReply::Ok(json)) => axum::Json(json).into_response(),
+                    Some(FakeReply::Status(status, json, headers)) => {
+                        let mut response =
+                            (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(json)).into_response();
+                        for (k, v) in headers {
+                            response.headers_mut().insert(k, v.parse().unwrap());
+                        }
+                        response
+                    }
+                    Some(FakeReply::Slow(wait, json)) => {
+                        tokio::time::sleep(wait).await;
+                        axum::Json(json).into_response()
+                    }
+                    None => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "no script").into_response(),
+                }
+            }
+        };
+        let app = axum::Router::new().route(path, axum::routing::post(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("port");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeProvider { url, requests }
+    }
+
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// A page with elements at known places, for scripted models to click:
+/// a field centred at (200, 115), a Save button centred at (150, 220), and
+/// the saved text at #saved.
+pub const AGENT_PAGE: &str = r#"<!doctype html><html><head><title>Agent page</title></head><body style="margin:0">
+<input id="name" style="position:absolute;left:100px;top:100px;width:200px;height:30px;margin:0;padding:0;border:1px solid #888;box-sizing:border-box">
+<button id="save" style="position:absolute;left:100px;top:200px;width:100px;height:40px;margin:0" onclick="document.getElementById('saved').textContent = 'Saved: ' + document.getElementById('name').value">Save</button>
+<div id="saved" style="position:absolute;left:100px;top:300px"></div>
+</body></html>"#;
+
+/// Serves [`AGENT_PAGE`] at `/`.
+pub async fn agent_page() -> String {
+    let app = axum::Router::new().fallback(|| async { axum::response::Html(AGENT_PAGE) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("port");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// Decodes a base64 PNG; returns its size.
+pub fn png_size(base64_png: &str) -> (u32, u32) {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(base64_png).expect("base64");
+    let decoder = png::Decoder::new(bytes.as_slice());
+    let reader = decoder.read_info().expect("a PNG");
+    let info = reader.info();
+    (info.width, info.height)
+}

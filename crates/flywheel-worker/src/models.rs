@@ -1,0 +1,235 @@
+//! The model proxy: the worker's side of the agent's model calls.
+//!
+//! An agent in its sandbox never holds a provider's API key. It sends the
+//! request it wants made (provider, path, body); the worker checks that the
+//! provider is the workflow's and the path one that provider's API uses for
+//! computer use, adds the key from the server's environment, sends it to the
+//! base URL configured for the workflow (never one the agent names), and
+//! hands back the answer with the key masked. It also counts the tokens.
+
+use flywheel_model::protocol::WorkerMessage;
+use flywheel_model::redact::Redactor;
+use flywheel_model::spec::AgentConfig;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long one model call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// One provider's settings on this server.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderSettings {
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    pub default_model: Option<String>,
+}
+
+/// Every provider's settings, and which one a workflow gets by default.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub default_provider: String,
+    pub anthropic: ProviderSettings,
+    pub openai: ProviderSettings,
+    pub openai_compatible: ProviderSettings,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            default_provider: "anthropic".into(),
+            anthropic: ProviderSettings {
+                base_url: Some("https://api.anthropic.com".into()),
+                api_key: None,
+                default_model: Some("claude-sonnet-4-20250514".into()),
+            },
+            openai: ProviderSettings {
+                base_url: Some("https://api.openai.com/v1".into()),
+                api_key: None,
+                default_model: Some("computer-use-preview".into()),
+            },
+            openai_compatible: ProviderSettings::default(),
+        }
+    }
+}
+
+/// The model a workflow uses, resolved against the server's settings.
+#[derive(Debug, Clone)]
+pub struct ResolvedModel {
+    pub provider: String,
+    pub model: String,
+    pub base_url: String,
+    pub api_key: Option<String>,
+}
+
+impl ModelSettings {
+    fn provider(&self, name: &str) -> Option<&ProviderSettings> {
+        match name {
+            "anthropic" => Some(&self.anthropic),
+            "openai" => Some(&self.openai),
+            "openai-compatible" => Some(&self.openai_compatible),
+            _ => None,
+        }
+    }
+
+    /// The workflow's `agent:` settings over the server's defaults. The
+    /// error says what to set.
+    pub fn resolve(&self, config: Option<&AgentConfig>) -> Result<ResolvedModel, String> {
+        let provider = config.and_then(|c| c.provider.clone()).unwrap_or_else(|| self.default_provider.clone());
+        let settings = self.provider(&provider).ok_or_else(|| format!("unknown model provider {provider:?}"))?;
+        let env = match provider.as_str() {
+            "anthropic" => "ANTHROPIC",
+            "openai" => "OPENAI",
+            _ => "OPENAI_COMPATIBLE",
+        };
+        let model =
+            config.and_then(|c| c.model.clone()).or_else(|| settings.default_model.clone()).ok_or_else(|| {
+                format!("no model is set for {provider}: set agent.model in the workflow or {env}_MODEL on the server")
+            })?;
+        let base_url = config.and_then(|c| c.base_url.clone()).or_else(|| settings.base_url.clone()).ok_or_else(|| {
+            format!("no base URL is set for {provider}: set agent.base_url in the workflow or {env}_BASE_URL on the server")
+        })?;
+        if settings.api_key.is_none() && provider != "openai-compatible" {
+            return Err(format!("{env}_API_KEY is not set on the server, so {provider} models cannot be used"));
+        }
+        Ok(ResolvedModel {
+            provider,
+            model,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key: settings.api_key.clone(),
+        })
+    }
+}
+
+/// The API paths each provider is called on.
+fn allowed_path(provider: &str, path: &str) -> bool {
+    match provider {
+        "anthropic" => path == "/v1/messages",
+        "openai" => matches!(path, "/responses" | "/chat/completions"),
+        "openai-compatible" => path == "/chat/completions",
+        _ => false,
+    }
+}
+
+/// Headers an agent may set; everything else (the key above all) is the worker's.
+const PASSED_HEADERS: &[&str] = &["anthropic-version", "anthropic-beta", "openai-beta"];
+
+/// Tokens a model call used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+fn usage_of(body: &Value) -> Usage {
+    let usage = &body["usage"];
+    let n = |keys: &[&str]| keys.iter().find_map(|k| usage[*k].as_i64()).unwrap_or(0);
+    Usage {
+        input_tokens: n(&["input_tokens", "prompt_tokens"]),
+        output_tokens: n(&["output_tokens", "completion_tokens"]),
+    }
+}
+
+/// A model call the agent asked for.
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    pub id: u64,
+    pub provider: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+}
+
+/// Makes one model call for the agent; returns the message for it and the
+/// tokens used.
+pub async fn call(
+    http: &reqwest::Client,
+    model: &ResolvedModel,
+    redactor: &Redactor,
+    request: &ModelRequest,
+) -> (WorkerMessage, Usage) {
+    let ModelRequest { id, provider, path, headers, body } = request;
+    let (id, provider, path) = (*id, provider.as_str(), path.as_str());
+    let refuse = |message: String| (WorkerMessage::ModelError { id, message }, Usage::default());
+    if provider != model.provider {
+        return refuse(format!("this workflow uses {}, not {provider}", model.provider));
+    }
+    if !allowed_path(provider, path) {
+        return refuse(format!("{path} is not an API path Flywheel calls {provider} on"));
+    }
+    let mut request = http.post(format!("{}{path}", model.base_url)).timeout(CALL_TIMEOUT).json(body);
+    for (name, value) in headers {
+        if PASSED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            request = request.header(name, value);
+        }
+    }
+    if let Some(key) = &model.api_key {
+        request = match provider {
+            "anthropic" => request.header("x-api-key", key),
+            _ => request.bearer_auth(key),
+        };
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(err) => {
+            return refuse(redactor.redact(&format!("could not reach {}: {}", model.base_url, err.without_url())))
+        }
+    };
+    let status = response.status().as_u16();
+    let mut kept = BTreeMap::new();
+    for name in ["retry-after", "retry-after-ms", "x-request-id", "request-id"] {
+        if let Some(value) = response.headers().get(name).and_then(|v| v.to_str().ok()) {
+            kept.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    let text = match response.text().await {
+        Ok(text) => redactor.redact(&text),
+        Err(err) => return refuse(format!("reading the answer of {}: {}", model.base_url, err.without_url())),
+    };
+    let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+    let usage = if (200..300).contains(&status) { usage_of(&body) } else { Usage::default() };
+    (WorkerMessage::ModelResponse { id, status, headers: kept, body }, usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn workflows_override_server_defaults_and_missing_keys_are_explained() {
+        let mut settings = ModelSettings::default();
+        assert!(settings.resolve(None).unwrap_err().contains("ANTHROPIC_API_KEY"));
+        settings.anthropic.api_key = Some("k".into());
+        let resolved = settings.resolve(None).unwrap();
+        assert_eq!(
+            (resolved.provider.as_str(), resolved.base_url.as_str()),
+            ("anthropic", "https://api.anthropic.com")
+        );
+        let custom = AgentConfig {
+            provider: Some("openai-compatible".into()),
+            model: Some("qwen".into()),
+            base_url: Some("http://gpu:8000/v1/".into()),
+        };
+        let resolved = settings.resolve(Some(&custom)).unwrap();
+        assert_eq!((resolved.model.as_str(), resolved.base_url.as_str()), ("qwen", "http://gpu:8000/v1"));
+        let no_url =
+            AgentConfig { provider: Some("openai-compatible".into()), model: Some("qwen".into()), base_url: None };
+        assert!(settings.resolve(Some(&no_url)).unwrap_err().contains("OPENAI_COMPATIBLE_BASE_URL"));
+    }
+
+    #[test]
+    fn paths_and_usage() {
+        assert!(allowed_path("anthropic", "/v1/messages"));
+        assert!(!allowed_path("anthropic", "/v1/files"));
+        assert!(allowed_path("openai", "/responses") && !allowed_path("openai", "/files"));
+        assert_eq!(
+            usage_of(&json!({"usage": {"input_tokens": 5, "output_tokens": 2}})),
+            Usage { input_tokens: 5, output_tokens: 2 }
+        );
+        assert_eq!(
+            usage_of(&json!({"usage": {"prompt_tokens": 7, "completion_tokens": 1}})),
+            Usage { input_tokens: 7, output_tokens: 1 }
+        );
+    }
+}
