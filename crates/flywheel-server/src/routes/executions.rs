@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use flywheel_model::field_error::LocSegment;
 use flywheel_model::{ErrorCode, ExecutionError, ExecutionStatus, Specification};
-use flywheel_store::records::{ExecutionFilter, ExecutionLimits, NewExecution, Page};
+use flywheel_store::records::{ExecutionFilter, ExecutionLimits, ExecutionRecord, NewExecution, Page, VersionRef};
 use flywheel_store::StoreError;
 use flywheel_worker::signals::StopReason;
 use serde::Deserialize;
@@ -46,13 +46,34 @@ pub async fn execute_workflow(
     MaybeJson(body): MaybeJson<ExecuteWorkflow>,
 ) -> ApiResult<(StatusCode, Json<Execution>)> {
     let body = body.unwrap_or_default();
-    let workflow = app.store.get_workflow(&id).await?;
     let version = match &body.version {
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_version_ref(v).ok_or_else(|| {
             ApiError::field(&["body", "version"], "value_error", "version must be a version number or a version uuid")
         })?),
     };
+    let (input, field) = match (body.input_payload_camel, body.input_payload) {
+        (Some(v), _) => (v, "inputPayload"),
+        (None, Some(v)) => (v, "input_payload"),
+        (None, None) => (Value::Object(Map::new()), "inputPayload"),
+    };
+    let record = queue_execution(&app, &id, input, field, version).await?;
+    let mut view = Execution::from_record(record, &app.signer);
+    view.execution_id = Some(view.execution_uuid);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Checks the input against the version's payload_schema (warnings, or a
+/// 422 when strict) and queues an execution of `workflow` (uuid or slug),
+/// durably, before returning. `field` names the input in error locations.
+pub async fn queue_execution(
+    app: &App,
+    workflow: &str,
+    input: Value,
+    field: &str,
+    version: Option<VersionRef>,
+) -> ApiResult<ExecutionRecord> {
+    let workflow = app.store.get_workflow(workflow).await?;
     let (version_uuid, spec_value) = match version {
         None => (workflow.current_version_uuid, workflow.specification),
         Some(v) => {
@@ -61,16 +82,8 @@ pub async fn execute_workflow(
         }
     };
     let spec = Specification::parse(&spec_value)
-        .map_err(|e| {
-            ApiError::Internal(anyhow::anyhow!("stored specification of {version_uuid} no longer parses: {e:?}"))
-        })?
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored specification of {version_uuid} no longer parses: {e:?}")))?
         .spec;
-
-    let (input, field) = match (body.input_payload_camel, body.input_payload) {
-        (Some(v), _) => (v, "inputPayload"),
-        (None, Some(v)) => (v, "input_payload"),
-        (None, None) => (Value::Object(Map::new()), "inputPayload"),
-    };
     let input = match input {
         Value::Null => Value::Object(Map::new()),
         v @ Value::Object(_) => v,
@@ -105,9 +118,35 @@ pub async fn execute_workflow(
     app.signals.wake_dispatcher();
     app.signals.log_appended(record.uuid);
     metrics::counter!("flywheel_executions_created_total").increment(1);
-    let mut view = Execution::from_record(record, &app.signer);
-    view.execution_id = Some(view.execution_uuid);
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok(record)
+}
+
+/// Stops an active execution (its sandbox is killed); 409 if it already ended.
+pub async fn stop(app: &App, id: Uuid) -> ApiResult<ExecutionRecord> {
+    let error = ExecutionError::new(ErrorCode::Stopped, "stopped on request");
+    let record = match app.store.fail_execution(id, error).await {
+        Ok(record) => record,
+        Err(StoreError::Transition(t)) => {
+            return Err(ApiError::Conflict(format!("Execution is already {}; only an active execution can be stopped", t.from)))
+        }
+        Err(err) => return Err(err.into()),
+    };
+    app.signals.stop(id, StopReason::Stopped);
+    app.signals.log_appended(id);
+    Ok(record)
+}
+
+/// Queues a retry of an execution, stopping it first if it is active.
+pub async fn retry(app: &App, id: Uuid) -> ApiResult<ExecutionRecord> {
+    let outcome = app.store.retry_execution(id).await?;
+    metrics::counter!("flywheel_executions_created_total").increment(1);
+    if outcome.stopped_old {
+        app.signals.stop(id, StopReason::Stopped);
+    }
+    app.signals.log_appended(id);
+    app.signals.log_appended(outcome.new.uuid);
+    app.signals.wake_dispatcher();
+    Ok(outcome.new)
 }
 
 #[utoipa::path(post, path = "/api/workflows/{id}/run", tag = "executions", request_body = ExecuteWorkflow,
@@ -179,15 +218,8 @@ pub async fn retry_execution(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Execution>)> {
     let id = execution_id(&id)?;
-    let outcome = app.store.retry_execution(id).await?;
-    metrics::counter!("flywheel_executions_created_total").increment(1);
-    if outcome.stopped_old {
-        app.signals.stop(id, StopReason::Stopped);
-    }
-    app.signals.log_appended(id);
-    app.signals.log_appended(outcome.new.uuid);
-    app.signals.wake_dispatcher();
-    let mut view = Execution::from_record(outcome.new, &app.signer);
+    let new = retry(&app, id).await?;
+    let mut view = Execution::from_record(new, &app.signer);
     view.execution_id = Some(view.execution_uuid);
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -197,19 +229,7 @@ pub async fn retry_execution(
     responses((status = 200, body = Execution, description = "failed with error.code = stopped"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already completed or failed")))]
 pub async fn stop_execution(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Execution>> {
     let id = execution_id(&id)?;
-    let record = match app.store.fail_execution(id, ExecutionError::new(ErrorCode::Stopped, "stopped on request")).await
-    {
-        Ok(record) => record,
-        Err(StoreError::Transition(t)) => {
-            return Err(ApiError::Conflict(format!(
-                "Execution is already {}; only an active execution can be stopped",
-                t.from
-            )))
-        }
-        Err(err) => return Err(err.into()),
-    };
-    app.signals.stop(id, StopReason::Stopped);
-    app.signals.log_appended(id);
+    let record = stop(&app, id).await?;
     Ok(Json(Execution::from_record(record, &app.signer)))
 }
 

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use flywheel_model::field_error::LocSegment;
 use flywheel_model::{ErrorCode, ExecutionError, FieldError, ParsedSpecification, Specification};
-use flywheel_store::records::{NewWorkflow, Page, VersionRef, WorkflowPatch};
+use flywheel_store::records::{NewWorkflow, Page, VersionRef, WorkflowPatch, WorkflowRecord};
 use flywheel_store::StoreError;
 use flywheel_worker::signals::StopReason;
 use serde::Deserialize;
@@ -171,6 +171,17 @@ pub async fn create_workflow(
     State(app): State<Arc<App>>,
     ApiJson(body): ApiJson<CreateWorkflow>,
 ) -> ApiResult<(StatusCode, Json<Workflow>)> {
+    let (record, warnings) = create(&app, body).await?;
+    let versions = app.store.list_versions(record.uuid).await?;
+    let mut view = Workflow::from_record(record);
+    view.versions = Some(versions.into_iter().map(WorkflowVersion::from).collect());
+    view.warnings = Some(warnings);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Validates and creates a workflow (version 1); a slug derived from the
+/// name gets a number if it is taken. Returns it with the warnings.
+pub async fn create(app: &App, body: CreateWorkflow) -> ApiResult<(WorkflowRecord, Vec<String>)> {
     let name = validate_name(&body.name)?;
     let spec = pick_specification(body.specification, body.configuration)
         .ok_or_else(|| ApiError::field(&["body", "specification"], "missing", "Field required"))?;
@@ -193,11 +204,48 @@ pub async fn create_workflow(
             other => break other?,
         }
     };
-    let versions = app.store.list_versions(record.uuid).await?;
-    let mut view = Workflow::from_record(record);
-    view.versions = Some(versions.into_iter().map(WorkflowVersion::from).collect());
-    view.warnings = Some(parsed.warnings);
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((record, parsed.warnings))
+}
+
+/// Validates and applies an edit; a changed specification publishes a
+/// new version. Returns the workflow with the warnings.
+pub async fn update(app: &App, id: &str, body: UpdateWorkflow) -> ApiResult<(WorkflowRecord, Vec<String>)> {
+    let current = app.store.get_workflow(id).await?;
+    let name = body.name.as_deref().map(validate_name).transpose()?;
+    let slug = body.slug.as_deref().map(validate_slug).transpose()?;
+    let parsed =
+        pick_specification(body.specification, body.configuration).map(|s| validate_specification(&s)).transpose()?;
+    let patch = WorkflowPatch {
+        name,
+        slug,
+        description: body.description,
+        specification: parsed.as_ref().map(|p| p.normalized.clone()),
+        new_version_uuid: Uuid::now_v7(),
+    };
+    let record = app.store.update_workflow(current.uuid, patch).await?;
+    Ok((record, parsed.map(|p| p.warnings).unwrap_or_default()))
+}
+
+/// Stops a workflow's active executions, then deletes it with its
+/// versions, executions and artifacts.
+pub async fn delete(app: &App, id: &str) -> ApiResult<()> {
+    let workflow = app.store.get_workflow(id).await?;
+    // Stop first, so no sandbox outlives its records.
+    for execution in app.store.active_executions_of(workflow.uuid).await? {
+        let error = ExecutionError::new(ErrorCode::Stopped, "the workflow was deleted");
+        match app.store.fail_execution(execution, error).await {
+            Ok(_) | Err(StoreError::Transition(_)) | Err(StoreError::NotFound(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
+        app.signals.stop(execution, StopReason::Stopped);
+    }
+    let executions = app.store.delete_workflow(workflow.uuid).await?;
+    for execution in executions {
+        if let Err(err) = app.artifacts.delete_execution(execution).await {
+            tracing::warn!(%execution, error = %err, "could not delete artifacts of a deleted workflow");
+        }
+    }
+    Ok(())
 }
 
 #[utoipa::path(get, path = "/api/workflows", tag = "workflows",
@@ -234,23 +282,11 @@ pub async fn update_workflow(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateWorkflow>,
 ) -> ApiResult<Json<Workflow>> {
-    let current = app.store.get_workflow(&id).await?;
-    let name = body.name.as_deref().map(validate_name).transpose()?;
-    let slug = body.slug.as_deref().map(validate_slug).transpose()?;
-    let parsed =
-        pick_specification(body.specification, body.configuration).map(|s| validate_specification(&s)).transpose()?;
-    let patch = WorkflowPatch {
-        name,
-        slug,
-        description: body.description,
-        specification: parsed.as_ref().map(|p| p.normalized.clone()),
-        new_version_uuid: Uuid::now_v7(),
-    };
-    let record = app.store.update_workflow(current.uuid, patch).await?;
+    let (record, warnings) = update(&app, &id, body).await?;
     let versions = app.store.list_versions(record.uuid).await?;
     let mut view = Workflow::from_record(record);
     view.versions = Some(versions.into_iter().map(WorkflowVersion::from).collect());
-    view.warnings = Some(parsed.map(|p| p.warnings).unwrap_or_default());
+    view.warnings = Some(warnings);
     Ok(Json(view))
 }
 
@@ -258,22 +294,7 @@ pub async fn update_workflow(
     params(("id" = String, Path, description = "workflow uuid or slug")),
     responses((status = 204, description = "deleted, with its versions, executions and artifacts"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_workflow(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let workflow = app.store.get_workflow(&id).await?;
-    // Stop first, so no sandbox outlives its records.
-    for execution in app.store.active_executions_of(workflow.uuid).await? {
-        let error = ExecutionError::new(ErrorCode::Stopped, "the workflow was deleted");
-        match app.store.fail_execution(execution, error).await {
-            Ok(_) | Err(StoreError::Transition(_)) | Err(StoreError::NotFound(_)) => {}
-            Err(err) => return Err(err.into()),
-        }
-        app.signals.stop(execution, StopReason::Stopped);
-    }
-    let executions = app.store.delete_workflow(workflow.uuid).await?;
-    for execution in executions {
-        if let Err(err) = app.artifacts.delete_execution(execution).await {
-            tracing::warn!(%execution, error = %err, "could not delete artifacts of a deleted workflow");
-        }
-    }
+    delete(&app, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
