@@ -101,8 +101,17 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Middleware: lets the request through only with a valid key.
+/// Middleware: lets the request through only with a valid key, or, for
+/// reading (GET), a dashboard session (its cookie is SameSite=Strict, so no
+/// other site can send it; anything that changes state needs a key or a
+/// dashboard form with its CSRF token).
 pub async fn require_key(State(app): State<Arc<App>>, request: Request, next: Next) -> Result<Response, ApiError> {
+    if request.method() == axum::http::Method::GET
+        && presented_key(request.headers()).is_none()
+        && crate::dashboard::session::from_headers(&app, request.headers()).await.is_some()
+    {
+        return Ok(next.run(request).await);
+    }
     let Some(key) = presented_key(request.headers()) else {
         return Err(ApiError::Unauthorized(
             "Not authenticated: send an API key in the Authorization: Bearer, X-API-Key or kinetic-api-key header"
@@ -157,6 +166,30 @@ impl UrlSigner {
             "{}/api/executions/{execution}/artifacts/{name}?expires={expires}&signature={signature}",
             self.public_url
         )
+    }
+
+    /// An HMAC of `data` under this server's key, for purpose `domain`
+    /// (sessions and CSRF tokens use their own domains).
+    pub fn mac_hex(&self, domain: &str, data: &str) -> String {
+        hex::encode(self.domain_mac(domain, data).finalize().into_bytes())
+    }
+
+    fn domain_mac(&self, domain: &str, data: &str) -> HmacSha256 {
+        let mut mac =
+            HmacSha256::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(domain.as_bytes());
+        mac.update(b":");
+        mac.update(data.as_bytes());
+        mac
+    }
+
+    /// Whether `signature_hex` is [`Self::mac_hex`] of `data` for `domain`, or
+    /// its first half or more; compared in constant time.
+    pub fn check_mac_hex(&self, domain: &str, data: &str, signature_hex: &str) -> bool {
+        match hex::decode(signature_hex) {
+            Ok(tag) if tag.len() >= 16 => self.domain_mac(domain, data).verify_truncated_left(&tag).is_ok(),
+            _ => false,
+        }
     }
 
     /// Whether a signature is valid and unexpired for this artifact.

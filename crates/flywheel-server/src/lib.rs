@@ -7,6 +7,7 @@
 //! also accept a signed URL. Errors have FastAPI's shape ([`error`]).
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod openapi;
 pub mod payload;
@@ -87,6 +88,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_key));
     Router::new()
         .merge(protected)
+        .merge(dashboard::router())
         // Checks a key or a signature itself.
         .route("/api/executions/{id}/artifacts/{name}", get(artifacts::download_artifact))
         .route("/api/health", get(system::health))

@@ -150,6 +150,8 @@ impl ExecutionRecord {
 pub struct ExecutionFilter {
     pub workflow_uuid: Option<Uuid>,
     pub status: Option<ExecutionStatus>,
+    /// Created at or after (ms since the epoch).
+    pub created_after: Option<i64>,
 }
 
 /// A worker's right to write to one execution.
@@ -262,6 +264,8 @@ pub struct ApiKeyRecord {
     pub prefix: String,
     pub role: String,
     pub created_at: i64,
+    /// Dashboard sessions of this key issued before this (ms since the epoch) are over.
+    pub sessions_not_before: i64,
 }
 
 /// A secret, without its value.

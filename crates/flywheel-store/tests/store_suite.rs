@@ -315,7 +315,7 @@ async fn listing_pages_newest_first_with_filters() {
     assert_eq!(seen, ids);
     let only_a = s
         .list_executions(
-            ExecutionFilter { workflow_uuid: Some(a.uuid), status: None },
+            ExecutionFilter { workflow_uuid: Some(a.uuid), ..Default::default() },
             Page { limit: 50, cursor: None },
         )
         .await
@@ -323,12 +323,32 @@ async fn listing_pages_newest_first_with_filters() {
     assert_eq!(only_a.items.len(), 4);
     let running = s
         .list_executions(
-            ExecutionFilter { workflow_uuid: None, status: Some(ExecutionStatus::Running) },
+            ExecutionFilter { status: Some(ExecutionStatus::Running), ..Default::default() },
             Page { limit: 50, cursor: None },
         )
         .await
         .unwrap();
     assert!(running.items.is_empty());
+    // Created at or after a moment: the last three.
+    let third_newest = s.get_execution(ids[2]).await.unwrap().created_at;
+    let recent = s
+        .list_executions(
+            ExecutionFilter { created_after: Some(third_newest), ..Default::default() },
+            Page { limit: 50, cursor: None },
+        )
+        .await
+        .unwrap();
+    assert!(recent.items.iter().all(|e| e.created_at >= third_newest));
+    assert!(recent.items.iter().any(|e| e.uuid == ids[2]));
+    let future = flywheel_model::time::now_ms() + 60_000;
+    let none = s
+        .list_executions(
+            ExecutionFilter { created_after: Some(future), ..Default::default() },
+            Page { limit: 50, cursor: None },
+        )
+        .await
+        .unwrap();
+    assert!(none.items.is_empty());
     assert!(matches!(
         s.list_executions(ExecutionFilter::default(), Page { limit: 3, cursor: Some("garbage".into()) }).await,
         Err(StoreError::Invalid(_))
@@ -406,7 +426,11 @@ async fn api_keys_and_settings() {
     };
     assert!(s.ensure_api_key(key.clone()).await.unwrap());
     assert!(!s.ensure_api_key(key).await.unwrap());
-    assert_eq!(s.find_api_key("abc").await.unwrap().unwrap().role, "admin");
+    let found = s.find_api_key("abc").await.unwrap().unwrap();
+    assert_eq!((found.role.as_str(), found.sessions_not_before), ("admin", 0));
+    s.end_sessions("abc", 1_000).await.unwrap();
+    s.end_sessions("abc", 500).await.unwrap();
+    assert_eq!(s.find_api_key("abc").await.unwrap().unwrap().sessions_not_before, 1_000, "never moves back");
     assert!(s.find_api_key("nope").await.unwrap().is_none());
     assert_eq!(s.setting_or_init("secret", "one").await.unwrap(), "one");
     assert_eq!(s.setting_or_init("secret", "two").await.unwrap(), "one");

@@ -400,6 +400,7 @@ fn print_banner(url: &str, data_dir: &Path, new_key: Option<&str>, args: &ServeA
     let key_file = data_dir.join("api-key");
     println!();
     println!("  Flywheel is running.");
+    println!("  Dashboard:  {url}/   (sign in with the API key)");
     println!("  API:        {url}/api   (OpenAPI: {url}/api/openapi.json)");
     println!("  Data dir:   {}   ({max_concurrent} executions at once)", data_dir.display());
     match new_key {

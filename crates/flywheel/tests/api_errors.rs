@@ -145,6 +145,7 @@ async fn invalid_bodies_are_422_in_fastapi_shape_and_change_nothing() {
         "/api/executions?status=done",
         "/api/executions?limit=0",
         "/api/executions?workflow_uuid=xyz",
+        "/api/executions?since=yesterday",
         "/api/workflows?limit=abc",
     ] {
         let (s, b) = server.request(Method::GET, path, None).await;
@@ -331,6 +332,14 @@ async fn lists_page_newest_first_with_filters() {
     let failed = server.get("/api/executions?status=failed").await;
     assert_eq!(failed["items"].as_array().unwrap().len(), 2);
     assert!(failed["items"].as_array().unwrap().iter().all(|e| e["workflow_name"] == "B"));
+    // Created since a moment (RFC 3339; `+` encoded as %2B).
+    let third = server.get(&format!("/api/executions/{}", ids[2])).await;
+    let since = third["created_at"].as_str().unwrap().replace('+', "%2B");
+    let recent = server.get(&format!("/api/executions?since={since}")).await;
+    let recent: Vec<String> = recent["items"].as_array().unwrap().iter().map(id).collect();
+    assert!(recent.contains(&ids[2]) && recent.contains(&ids[0]), "{recent:?}");
+    let later = server.get("/api/executions?since=2999-01-01T00:00:00Z").await;
+    assert!(later["items"].as_array().unwrap().is_empty());
     let wfs = server.get("/api/workflows?limit=1").await;
     assert_eq!(wfs["items"].as_array().unwrap().len(), 1);
     assert!(wfs["next_cursor"].is_string());

@@ -82,7 +82,9 @@ pub async fn queue_execution(
         }
     };
     let spec = Specification::parse(&spec_value)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored specification of {version_uuid} no longer parses: {e:?}")))?
+        .map_err(|e| {
+            ApiError::Internal(anyhow::anyhow!("stored specification of {version_uuid} no longer parses: {e:?}"))
+        })?
         .spec;
     let input = match input {
         Value::Null => Value::Object(Map::new()),
@@ -127,7 +129,10 @@ pub async fn stop(app: &App, id: Uuid) -> ApiResult<ExecutionRecord> {
     let record = match app.store.fail_execution(id, error).await {
         Ok(record) => record,
         Err(StoreError::Transition(t)) => {
-            return Err(ApiError::Conflict(format!("Execution is already {}; only an active execution can be stopped", t.from)))
+            return Err(ApiError::Conflict(format!(
+                "Execution is already {}; only an active execution can be stopped",
+                t.from
+            )))
         }
         Err(err) => return Err(err.into()),
     };
@@ -164,6 +169,7 @@ pub async fn run_workflow(
     params(
         ("workflow_uuid" = Option<String>, Query, description = "only this workflow's"),
         ("status" = Option<String>, Query, description = "only in this status"),
+        ("since" = Option<String>, Query, description = "only created at or after this RFC 3339 time"),
         ("limit" = Option<i64>, Query, description = "1 to 200, default 50"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, body = ExecutionPage, description = "newest first"), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -181,7 +187,22 @@ pub async fn list_executions(
             Err(err) => return Err(err.into()),
         },
     };
+    let created_after = match query.get("since").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(raw) => Some(
+            chrono::DateTime::parse_from_rfc3339(raw)
+                .map_err(|_| {
+                    ApiError::field(
+                        &["query", "since"],
+                        "value_error",
+                        format!("since must be an RFC 3339 time, got {raw:?}"),
+                    )
+                })?
+                .timestamp_millis(),
+        ),
+    };
     let filter = ExecutionFilter {
+        created_after,
         workflow_uuid,
         status: query_param::<ExecutionStatus>(
             &query,

@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Body of `POST /api/workflows`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema, Default)]
 pub struct CreateWorkflow {
     pub name: String,
     #[serde(default)]
@@ -40,7 +40,7 @@ pub struct CreateWorkflow {
 }
 
 /// Body of `PATCH /api/workflows/{id}`: only what is given changes.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema, Default)]
 pub struct UpdateWorkflow {
     #[serde(default)]
     pub name: Option<String>,

@@ -588,13 +588,14 @@ impl Store for SqliteStore {
         let sql = format!(
             "SELECT {EXECUTION_COLUMNS} {EXECUTION_FROM} WHERE (?1 IS NULL OR e.uuid < ?1) \
              AND (?2 IS NULL OR e.workflow_uuid = ?2) AND (?3 IS NULL OR e.status = ?3) \
-             ORDER BY e.uuid DESC LIMIT ?4"
+             AND (?5 IS NULL OR e.created_at >= ?5) ORDER BY e.uuid DESC LIMIT ?4"
         );
         let rows = sqlx::query(&sql)
             .bind(cursor)
             .bind(filter.workflow_uuid.map(|u| u.to_string()))
             .bind(filter.status.map(|s| s.as_str()))
             .bind(limit + 1)
+            .bind(filter.created_after)
             .fetch_all(&self.reader)
             .await?;
         let items = rows.iter().map(rows::execution).collect::<StoreResult<Vec<_>>>()?;
@@ -936,10 +937,12 @@ impl Store for SqliteStore {
     }
 
     async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        let row = sqlx::query("SELECT id, name, prefix, role, created_at FROM api_keys WHERE key_hash = ?")
-            .bind(key_hash)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, name, prefix, role, created_at, sessions_not_before FROM api_keys WHERE key_hash = ?",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.reader)
+        .await?;
         row.map(|r| {
             Ok(ApiKeyRecord {
                 id: rows::uuid_col(&r, "id")?,
@@ -947,9 +950,28 @@ impl Store for SqliteStore {
                 prefix: r.try_get("prefix")?,
                 role: r.try_get("role")?,
                 created_at: r.try_get("created_at")?,
+                sessions_not_before: r.try_get("sessions_not_before")?,
             })
         })
         .transpose()
+    }
+
+    async fn end_sessions(&self, key_hash: &str, at_ms: i64) -> StoreResult<()> {
+        let key_hash = key_hash.to_owned();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE api_keys SET sessions_not_before = MAX(sessions_not_before, ?) WHERE key_hash = ?",
+                    )
+                    .bind(at_ms)
+                    .bind(&key_hash)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn setting_or_init(&self, key: &str, initial: &str) -> StoreResult<String> {
