@@ -1,7 +1,7 @@
 # Flywheel: two commands do everything.
 #   make run    installs what is missing, builds, starts Flywheel (SQLite, local sandboxes, example workflows)
 #   make test   runs every test
-# Also: make build, make lint, make bench, make deps, make clean.
+# Also: make build, make lint, make bench, make deps, make docker-image, make clean.
 # Variables: LISTEN=127.0.0.1:8080 DATA_DIR=./data
 
 CARGO ?= cargo
@@ -9,17 +9,20 @@ LISTEN ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# command:Debian package, for what Flywheel runs (sandboxes, browser, video).
-RUNTIME_DEPS := bwrap:bubblewrap chromium:chromium ffmpeg:ffmpeg fc-list:fonts-liberation
+# command:Debian package ("dpkg:" checks the package itself), for what
+# Flywheel runs (sandboxes, browser, video),
+RUNTIME_DEPS := bwrap:bubblewrap chromium:chromium ffmpeg:ffmpeg dpkg:fonts-liberation
+# for the tests (a real PostgreSQL server, the base image of execution containers),
+TEST_DEPS := dpkg:postgresql debootstrap:debootstrap
 # and for the benchmarks.
 BENCH_DEPS := wrk:wrk
 
-.PHONY: run build test lint bench deps bench-deps clean
+.PHONY: run build test lint bench deps test-deps bench-deps docker-image clean
 
 define install_missing
 	@command -v $(CARGO) >/dev/null || { echo "Rust is missing: install it with rustup (https://rustup.rs), then run make again." >&2; exit 1; }
 	@missing=""; for pair in $(1); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  if [ "$$pkg" = fonts-liberation ]; then dpkg -s fonts-liberation >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	  if [ "$$cmd" = dpkg ]; then dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	  else command -v $$cmd >/dev/null || missing="$$missing $$pkg"; fi; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing:$$missing"; \
@@ -29,6 +32,9 @@ endef
 
 deps:
 	$(call install_missing,$(RUNTIME_DEPS))
+
+test-deps: deps
+	$(call install_missing,$(TEST_DEPS))
 
 bench-deps: deps
 	$(call install_missing,$(BENCH_DEPS))
@@ -41,8 +47,10 @@ build: deps
 run: build
 	./target/release/flywheel serve --listen $(LISTEN) --data-dir $(DATA_DIR) --load-examples --show-key
 
-test: deps
+# Every test, then the end-to-end suite again on PostgreSQL (a throwaway server).
+test: test-deps
 	$(CARGO) test --workspace --locked
+	FLYWHEEL_TEST_BACKEND=postgres $(CARGO) test --locked -p flywheel --tests
 
 lint:
 	$(CARGO) fmt --all --check
@@ -50,6 +58,12 @@ lint:
 
 bench: bench-deps build
 	$(CARGO) run --release --locked -p flywheel-bench -- --binary target/release/flywheel
+
+# The image of `--runtime docker` execution containers (and of Flywheel itself):
+# Debian with Chromium and ffmpeg, built from Debian packages, plus the binary.
+docker-image: build test-deps
+	$(SUDO) docker/build-base-image.sh flywheel-sandbox-base:bookworm
+	docker build -q -f docker/Dockerfile --build-arg BASE=flywheel-sandbox-base:bookworm -t flywheel-sandbox:latest .
 
 clean:
 	$(CARGO) clean

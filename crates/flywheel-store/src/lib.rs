@@ -9,11 +9,18 @@
 //! [`flywheel_model::check_transition`]; a terminal status is never
 //! overwritten.
 //!
-//! Backends: [`sqlite::SqliteStore`] (embedded default). PostgreSQL fits
-//! behind the same trait. Artifact bytes live in an [`ArtifactStore`].
+//! Backends: [`sqlite::SqliteStore`] (embedded default) and, with the
+//! `postgres` feature, `postgres::PostgresStore` (several processes share one
+//! database). Both map rows (`rows`) and apply the lifecycle rules
+//! (`rules`) with the same code. Artifact bytes live in an
+//! [`ArtifactStore`].
 
 pub mod artifacts;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod records;
+mod rows;
+mod rules;
 pub mod secrets;
 pub mod sqlite;
 
@@ -55,6 +62,11 @@ impl From<sqlx::Error> for StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Whether a write broke a uniqueness rule (a slug taken, a key known).
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
 
 /// Everything Flywheel persists. Implementations must be safe to share
 /// between the API and the workers of one process, and (for networked

@@ -192,6 +192,11 @@ async fn reap_expired(deps: &RunDeps) {
         }
         Err(err) => error!(error = %err, "the reaper failed"),
     }
+    match deps.runtime.reconcile(deps.store.as_ref()).await {
+        Ok(0) => {}
+        Ok(removed) => info!(removed, runtime = deps.runtime.name(), "removed sandboxes of executions that ended"),
+        Err(err) => warn!(error = %format!("{err:#}"), "could not reconcile sandboxes"),
+    }
 }
 
 impl DispatcherHandle {

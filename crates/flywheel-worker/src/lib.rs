@@ -19,4 +19,4 @@ pub mod translate;
 
 pub use dispatcher::{BrowserSettings, Dispatcher, WorkerConfig};
 pub use runtime::{Runtime, SandboxError};
-pub use signals::Signals;
+pub use signals::{Signals, StopReason};

@@ -1,7 +1,9 @@
 //! `flywheel`: one binary for everything.
 //!
-//! - `flywheel serve`: the API, the dispatcher and its workers, on SQLite in
-//!   the data dir (see [`serve`]).
+//! - `flywheel serve`: the API, the dashboard, the dispatcher and its
+//!   workers, on SQLite in the data dir or on PostgreSQL (see [`serve`]).
+//! - `flywheel worker`: a node that only runs executions, on PostgreSQL
+//!   (see [`worker`]); what both share is in [`node`].
 //! - `flywheel agent`: what runs inside a sandbox (not for people).
 //! - `flywheel workflows …`, `flywheel execute …`, `flywheel executions …`:
 //!   the client, talking to a server over HTTP (see [`client`]).
@@ -10,9 +12,11 @@
 
 mod client;
 mod examples;
+mod node;
 mod output;
 mod serve;
 mod sse;
+mod worker;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -44,6 +48,8 @@ struct Cli {
 enum Command {
     /// Start the server: API, dispatcher and sandboxed workers.
     Serve(Box<serve::ServeArgs>),
+    /// Run executions only, for a database shared with `serve --no-workers` nodes.
+    Worker(Box<worker::WorkerNodeArgs>),
     /// Run one job inside a sandbox (started by the worker, not by people).
     #[command(hide = true)]
     Agent {
@@ -224,12 +230,13 @@ pub enum ExecutionsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_) | Command::Agent { .. }) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Worker(_) | Command::Agent { .. }) {
         restore_default_sigpipe();
     }
     match cli.command {
         Command::Agent { job } => run_agent(&job),
         Command::Serve(args) => serve::main(*args),
+        Command::Worker(args) => worker::main(*args),
         Command::Workflows(cmd) => client::run(client::ClientCommand::Workflows(cmd)),
         Command::Execute(args) => client::run(client::ClientCommand::Execute(args)),
         Command::Executions(cmd) => client::run(client::ClientCommand::Executions(cmd)),

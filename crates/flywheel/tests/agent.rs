@@ -60,16 +60,6 @@ async fn everything_visible(server: &Server, id: &str) -> String {
     text
 }
 
-async fn wait_for_log_file(server: &Server, id: &str) {
-    let path = artifact_path(&server.data_dir, id, "logs.jsonl");
-    for _ in 0..100 {
-        if path.exists() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn anthropic_computer_use_drives_the_browser() {
     let page = agent_page().await;
@@ -149,7 +139,7 @@ async fn anthropic_computer_use_drives_the_browser() {
         let image = result["content"].as_array().unwrap().iter().find(|b| b["type"] == "image").unwrap();
         assert_eq!(png_size(image["source"]["data"].as_str().unwrap()), (1280, 720), "the screenshot after the action");
     }
-    wait_for_log_file(&server, &id).await;
+    read_artifact(&server.data_dir, &id, "logs.jsonl").await;
     assert!(!everything_visible(&server, &id).await.contains(ANTHROPIC_KEY), "the key leaked");
 }
 
@@ -272,7 +262,7 @@ async fn rate_limits_are_retried_and_bad_keys_fail_at_once() {
         "the provider's message, key masked: {message}"
     );
     assert_eq!(denied.requests().len(), 1, "no retry of a 401");
-    wait_for_log_file(&server, &id).await;
+    read_artifact(&server.data_dir, &id, "logs.jsonl").await;
     assert!(!everything_visible(&server, &id).await.contains(ANTHROPIC_KEY));
 }
 
@@ -340,7 +330,7 @@ async fn secrets_are_typed_for_the_model_without_it_seeing_them() {
     let answer = &requests[2].1["messages"].as_array().unwrap().last().unwrap()["content"][0];
     assert_eq!(answer["tool_use_id"], "t2");
     assert_eq!(answer["content"][0]["text"], "typed the secret PORTAL_PASSWORD");
-    wait_for_log_file(&server, &id).await;
+    read_artifact(&server.data_dir, &id, "logs.jsonl").await;
     assert!(!everything_visible(&server, &id).await.contains(secret));
 }
 
@@ -411,7 +401,7 @@ async fn openai_computer_use_drives_the_browser() {
     }
     let logs = e["logs"].as_array().unwrap();
     assert!(logs.iter().any(|l| l["kind"] == "action" && l["data"]["reasoning"] == "Click the field first."));
-    wait_for_log_file(&server, &id).await;
+    read_artifact(&server.data_dir, &id, "logs.jsonl").await;
     assert!(!everything_visible(&server, &id).await.contains(OPENAI_KEY));
 }
 

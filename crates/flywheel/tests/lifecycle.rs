@@ -78,12 +78,7 @@ async fn an_execution_runs_to_completion_with_everything_recorded() {
         assert!(artifact_path(&server.data_dir, &id, name).is_file(), "{name} is on disk");
     }
     // The log file is written right after the final status.
-    let log_file = artifact_path(&server.data_dir, &id, "logs.jsonl");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !log_file.is_file() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(log_file.is_file(), "logs.jsonl is on disk");
+    read_artifact(&server.data_dir, &id, "logs.jsonl").await;
 
     // Signed links work without the key, only for their artifact, and not when tampered with.
     let plain = reqwest::Client::new();
@@ -100,7 +95,10 @@ async fn an_execution_runs_to_completion_with_everything_recorded() {
     assert_eq!(lines.last().unwrap()["data"]["status"], "completed");
     let swapped = output_url.replace("output.json", "logs.jsonl");
     assert_eq!(plain.get(&swapped).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    let tampered = format!("{}0", &output_url[..output_url.len() - 1]);
+    // Change the signature's last character to a different one (a fixed
+    // replacement would leave it unchanged when it already was that character).
+    let last = if output_url.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("{}{last}", &output_url[..output_url.len() - 1]);
     assert_eq!(plain.get(&tampered).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
     let (base, query) = output_url.split_once('?').unwrap();
     let signature = query.split('&').find_map(|p| p.strip_prefix("signature=")).unwrap();

@@ -59,7 +59,7 @@ async fn the_agent_sees_only_its_work_dir_and_no_secrets() {
     // Nothing of the key anywhere the execution could put it.
     let everything = format!("{e}");
     assert!(!everything.contains(KEY));
-    let log = std::fs::read_to_string(artifact_path(&server.data_dir, &id, "logs.jsonl")).unwrap();
+    let log = read_artifact(&server.data_dir, &id, "logs.jsonl").await;
     assert!(!log.contains(KEY));
     // The detached `sleep 300` died with the sandbox.
     assert_no_sandbox_left(&id, Duration::from_secs(2)).await;

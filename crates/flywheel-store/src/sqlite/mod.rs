@@ -1,21 +1,25 @@
 //! The embedded SQLite store: one file in the data dir, WAL mode, one
 //! writer task with group commit ([`writer`]) and a pool of readers.
 
-mod rows;
+mod columns;
 mod writer;
 
 use crate::records::*;
+use crate::rows::{
+    self, Columns, API_KEY_COLUMNS, ARTIFACT_COLUMNS, EXECUTION_COLUMNS, EXECUTION_FROM, LOG_COLUMNS, VERSION_COLUMNS,
+    WORKFLOW_SELECT,
+};
+use crate::rules::{self, one_page, page_limit, parse_cursor, status_entry};
 use crate::secrets::Sealed;
-use crate::{Store, StoreError, StoreResult};
+use crate::{is_unique_violation, Store, StoreError, StoreResult};
 use anyhow::Context;
 use async_trait::async_trait;
-use flywheel_model::log::{LogEntry, LogKind, LogLevel, NewLogEntry};
+use flywheel_model::log::{LogEntry, NewLogEntry};
 use flywheel_model::time::now_ms;
-use flywheel_model::{check_transition, ErrorCode, ExecutionError, ExecutionStatus};
-use rows::{EXECUTION_COLUMNS, EXECUTION_FROM, LOG_COLUMNS, WORKFLOW_SELECT};
-use serde_json::{json, Value};
+use flywheel_model::{check_transition, ExecutionError, ExecutionStatus};
+use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Row, SqliteConnection};
+use sqlx::{ConnectOptions, SqliteConnection};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -82,44 +86,6 @@ impl SqliteStore {
             .with_context(|| format!("could not open readers on {}", path.display()))?;
         Ok(SqliteStore { writer: Writer::spawn(conn), reader })
     }
-}
-
-fn parse_cursor(cursor: &Option<String>) -> StoreResult<Option<String>> {
-    match cursor {
-        None => Ok(None),
-        Some(c) if c.is_empty() => Ok(None),
-        Some(c) => Uuid::parse_str(c)
-            .map(|u| Some(u.to_string()))
-            .map_err(|_| StoreError::Invalid(format!("invalid cursor {c:?}; use the next_cursor of a previous page"))),
-    }
-}
-
-fn page_limit(page: &Page) -> i64 {
-    page.limit.clamp(1, 500)
-}
-
-/// Cuts `items` (fetched with `limit + 1`) to a page; the cursor of the
-/// next page is the uuid of the last item, if there is a next page.
-fn one_page<T>(mut items: Vec<T>, limit: i64, uuid: impl Fn(&T) -> Uuid) -> Paged<T> {
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|item| uuid(item).to_string())
-    } else {
-        None
-    };
-    Paged { items, next_cursor }
-}
-
-fn status_entry(status: ExecutionStatus, error: Option<&ExecutionError>) -> NewLogEntry {
-    let (level, message, data) = match error {
-        Some(err) => (
-            LogLevel::Error,
-            format!("Execution {status}: {} ({})", err.message, err.code),
-            json!({"status": status, "error": {"code": err.code, "message": err.message}}),
-        ),
-        None => (LogLevel::Info, format!("Execution {status}"), json!({"status": status})),
-    };
-    NewLogEntry::new(LogKind::Status, level, message).with_data(data)
 }
 
 async fn insert_log_row(
@@ -189,7 +155,7 @@ async fn check_lease(conn: &mut SqliteConnection, lease: &Lease) -> StoreResult<
         .fetch_optional(&mut *conn)
         .await?
         .ok_or(StoreError::LeaseLost)?;
-    rows::status_col(&row, "status")
+    row.status("status")
 }
 
 /// Inserts a queued execution (pending → queued, in one transaction).
@@ -232,57 +198,18 @@ async fn insert_queued_execution(
     .bind(new.limits.concurrency)
     .execute(&mut *conn)
     .await?;
-    let mut entry = status_entry(ExecutionStatus::Queued, None);
-    if let Some(old) = retry_of {
-        entry.message = format!("Execution queued (attempt {attempt}, retry of {old})");
-    }
-    insert_log_row(conn, new.uuid, 1, &entry).await?;
+    insert_log_row(conn, new.uuid, 1, &rules::queued_entry(attempt, retry_of)).await?;
     sqlx::query("UPDATE workflows SET n_executions = n_executions + 1, last_run_at = ? WHERE uuid = ?")
         .bind(now)
         .bind(new.workflow_uuid.to_string())
         .execute(&mut *conn)
         .await?;
-    Ok(ExecutionRecord {
-        uuid: new.uuid,
-        workflow_uuid: new.workflow_uuid,
-        workflow_version_uuid: new.version_uuid,
-        workflow_name,
-        status: ExecutionStatus::Queued,
-        input_payload: new.input_payload.clone(),
-        warnings: new.warnings.clone(),
-        error: None,
-        attempt,
-        retry_of,
-        retried_by: None,
-        created_at: now,
-        updated_at: now,
-        queued_at: Some(now),
-        started_at: None,
-        finished_at: None,
-        n_steps: 0,
-        n_agent_actions: 0,
-        n_screenshots: 0,
-        output: None,
-        limits: new.limits,
-        lease_owner: None,
-        log_count: 1,
-        video: None,
-        input_tokens: 0,
-        output_tokens: 0,
-    })
+    Ok(rules::queued_record(new, workflow_name, attempt, retry_of, now))
 }
 
 /// Queues the next attempt of `old` and links the two.
 async fn insert_retry(conn: &mut SqliteConnection, old: &ExecutionRecord) -> StoreResult<ExecutionRecord> {
-    let new = NewExecution {
-        uuid: Uuid::now_v7(),
-        workflow_uuid: old.workflow_uuid,
-        version_uuid: old.workflow_version_uuid,
-        input_payload: old.input_payload.clone(),
-        warnings: old.warnings.clone(),
-        limits: old.limits,
-    };
-    let record = insert_queued_execution(conn, &new, old.attempt + 1, Some(old.uuid)).await?;
+    let record = insert_queued_execution(conn, &rules::retry_of(old), old.attempt + 1, Some(old.uuid)).await?;
     sqlx::query("UPDATE executions SET retried_by = ?, updated_at = ? WHERE uuid = ?")
         .bind(record.uuid.to_string())
         .bind(now_ms())
@@ -300,8 +227,7 @@ async fn set_terminal(
     from: ExecutionStatus,
     error: Option<&ExecutionError>,
 ) -> StoreResult<()> {
-    let to = if error.is_some() { ExecutionStatus::Failed } else { ExecutionStatus::Completed };
-    check_transition(from, to)?;
+    let to = rules::terminal_status(from, error)?;
     let now = now_ms();
     let updated = sqlx::query(
         "UPDATE executions SET status = ?, error_code = ?, error_message = ?, finished_at = ?, updated_at = ?, \
@@ -319,7 +245,7 @@ async fn set_terminal(
     if updated.rows_affected() != 1 {
         return Err(StoreError::Conflict("the execution changed status concurrently".into()));
     }
-    let counter = if error.is_some() { "n_failed" } else { "n_completed" };
+    let counter = rules::terminal_counter(error);
     sqlx::query(&format!(
         "UPDATE workflows SET {counter} = {counter} + 1 WHERE uuid = (SELECT workflow_uuid FROM executions WHERE uuid = ?)"
     ))
@@ -339,14 +265,8 @@ async fn fail_with_policy(
 ) -> StoreResult<FinishOutcome> {
     set_terminal(conn, execution, from, Some(error)).await?;
     let record = load_execution(conn, execution).await?;
-    let retry = if error.code.is_auto_retryable()
-        && record.retried_by.is_none()
-        && record.attempt <= record.limits.retry_attempts
-    {
-        Some(insert_retry(conn, &record).await?.uuid)
-    } else {
-        None
-    };
+    let retry =
+        if rules::wants_auto_retry(&record, error) { Some(insert_retry(conn, &record).await?.uuid) } else { None };
     let record = if retry.is_some() { load_execution(conn, execution).await? } else { record };
     Ok(FinishOutcome { record, changed_status: true, retry })
 }
@@ -370,10 +290,6 @@ async fn apply_progress(conn: &mut SqliteConnection, execution: Uuid, progress: 
         .await?;
     }
     Ok(seqs)
-}
-
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 #[async_trait]
@@ -431,7 +347,8 @@ impl Store for SqliteStore {
         let limit = page_limit(&page);
         let cursor = parse_cursor(&page.cursor)?;
         let sql = format!("{WORKFLOW_SELECT} WHERE (?1 IS NULL OR w.uuid < ?1) ORDER BY w.uuid DESC LIMIT ?2");
-        let rows = sqlx::query(&sql).bind(cursor).bind(limit + 1).fetch_all(&self.reader).await?;
+        let rows =
+            sqlx::query(&sql).bind(cursor.map(|u| u.to_string())).bind(limit + 1).fetch_all(&self.reader).await?;
         let items = rows.iter().map(rows::workflow).collect::<StoreResult<Vec<_>>>()?;
         Ok(one_page(items, limit, |w| w.uuid))
     }
@@ -460,9 +377,8 @@ impl Store for SqliteStore {
                     .fetch_optional(&mut *conn)
                     .await?
                     .ok_or(StoreError::NotFound("workflow"))?;
-                    let current: i64 = row.try_get("current_version")?;
-                    let current_spec: Value = serde_json::from_str(row.try_get::<&str, _>("specification")?)
-                        .context("stored specification")?;
+                    let current = row.int("current_version")?;
+                    let current_spec = row.json("specification")?;
                     let now = now_ms();
                     let mut version = current;
                     if let Some(spec) = patch.specification.as_ref().filter(|s| **s != current_spec) {
@@ -530,13 +446,8 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await?
             .ok_or(StoreError::NotFound("workflow"))?;
-        let rows = sqlx::query(
-            "SELECT uuid, workflow_uuid, version, specification, created_at FROM workflow_versions \
-             WHERE workflow_uuid = ? ORDER BY version",
-        )
-        .bind(workflow.to_string())
-        .fetch_all(&self.reader)
-        .await?;
+        let sql = format!("SELECT {VERSION_COLUMNS} FROM workflow_versions WHERE workflow_uuid = ? ORDER BY version");
+        let rows = sqlx::query(&sql).bind(workflow.to_string()).fetch_all(&self.reader).await?;
         rows.iter().map(|r| rows::version(r, current)).collect()
     }
 
@@ -546,8 +457,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await?
             .ok_or(StoreError::NotFound("workflow"))?;
-        let base = "SELECT uuid, workflow_uuid, version, specification, created_at FROM workflow_versions \
-                    WHERE workflow_uuid = ?";
+        let base = format!("SELECT {VERSION_COLUMNS} FROM workflow_versions WHERE workflow_uuid = ?");
         let row = match version {
             VersionRef::Number(n) => {
                 sqlx::query(&format!("{base} AND version = ?"))
@@ -591,7 +501,7 @@ impl Store for SqliteStore {
              AND (?5 IS NULL OR e.created_at >= ?5) ORDER BY e.uuid DESC LIMIT ?4"
         );
         let rows = sqlx::query(&sql)
-            .bind(cursor)
+            .bind(cursor.map(|u| u.to_string()))
             .bind(filter.workflow_uuid.map(|u| u.to_string()))
             .bind(filter.status.map(|s| s.as_str()))
             .bind(limit + 1)
@@ -629,15 +539,10 @@ impl Store for SqliteStore {
             .write(move |conn| {
                 Box::pin(async move {
                     let old = load_execution(conn, execution).await?;
-                    if let Some(newer) = old.retried_by {
-                        return Err(StoreError::Conflict(format!(
-                            "execution {execution} was already retried by {newer}; retry that one instead"
-                        )));
-                    }
+                    rules::check_not_retried(&old)?;
                     let stopped_old = !old.status.is_terminal();
                     if stopped_old {
-                        let error = ExecutionError::new(ErrorCode::Stopped, "stopped by a retry");
-                        set_terminal(conn, execution, old.status, Some(&error)).await?;
+                        set_terminal(conn, execution, old.status, Some(&rules::stopped_by_retry())).await?;
                     }
                     let new = insert_retry(conn, &old).await?;
                     let old = load_execution(conn, execution).await?;
@@ -688,8 +593,7 @@ impl Store for SqliteStore {
                         );
                         let row = sqlx::query(&sql).bind(&id).fetch_one(&mut *conn).await?;
                         let record = rows::execution(&row)?;
-                        let specification: Value = serde_json::from_str(row.try_get::<&str, _>("pinned_specification")?)
-                            .context("stored specification")?;
+                        let specification = row.json("pinned_specification")?;
                         claimed.push(ClaimedExecution {
                             record,
                             specification,
@@ -718,7 +622,7 @@ impl Store for SqliteStore {
                     .fetch_optional(&mut *conn)
                     .await?
                     .ok_or(StoreError::LeaseLost)?;
-                    rows::status_col(&row, "status")
+                    row.status("status")
                 })
             })
             .await
@@ -817,21 +721,17 @@ impl Store for SqliteStore {
                     .await?;
                     let mut outcomes = Vec::new();
                     for row in rows {
-                        let uuid = rows::uuid_col(&row, "uuid")?;
-                        let status = rows::status_col(&row, "status")?;
-                        let expired = row.try_get::<Option<i64>, _>("lease_expires_at")?.is_none_or(|t| t < now);
-                        let message = if expired {
-                            "the worker running this execution stopped renewing its lease (it crashed or lost the database)"
-                        } else {
-                            "the server running this execution stopped (crash or kill) before it finished"
-                        };
+                        let uuid = row.uuid("uuid")?;
+                        let status = row.status("status")?;
+                        let expired = row.opt_int("lease_expires_at")?.is_none_or(|t| t < now);
                         // Void the lease first, so the lost worker can write nothing more.
-                        sqlx::query("UPDATE executions SET lease_owner = NULL, lease_token = lease_token + 1 WHERE uuid = ?")
-                            .bind(uuid.to_string())
-                            .execute(&mut *conn)
-                            .await?;
-                        let error = ExecutionError::new(ErrorCode::WorkerLost, message);
-                        outcomes.push(fail_with_policy(conn, uuid, status, &error).await?);
+                        sqlx::query(
+                            "UPDATE executions SET lease_owner = NULL, lease_token = lease_token + 1 WHERE uuid = ?",
+                        )
+                        .bind(uuid.to_string())
+                        .execute(&mut *conn)
+                        .await?;
+                        outcomes.push(fail_with_policy(conn, uuid, status, &rules::worker_lost(expired)).await?);
                     }
                     Ok(outcomes)
                 })
@@ -872,7 +772,7 @@ impl Store for SqliteStore {
             .await?
             .ok_or(StoreError::NotFound("execution"))?;
         let record = rows::execution(&row)?;
-        let mut entries = rows::log_entries_json(row.try_get::<&str, _>("tail")?)?;
+        let mut entries = rows::log_entries_json(&row.text("tail")?)?;
         entries.reverse();
         Ok((record, entries))
     }
@@ -887,26 +787,20 @@ impl Store for SqliteStore {
     }
 
     async fn list_artifacts(&self, execution: Uuid) -> StoreResult<Vec<ArtifactRecord>> {
-        let rows = sqlx::query(
-            "SELECT execution_uuid, name, kind, content_type, size, created_at FROM artifacts \
-             WHERE execution_uuid = ? ORDER BY created_at, name",
-        )
-        .bind(execution.to_string())
-        .fetch_all(&self.reader)
-        .await?;
+        let sql =
+            format!("SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE execution_uuid = ? ORDER BY created_at, name");
+        let rows = sqlx::query(&sql).bind(execution.to_string()).fetch_all(&self.reader).await?;
         rows.iter().map(rows::artifact).collect()
     }
 
     async fn get_artifact(&self, execution: Uuid, name: &str) -> StoreResult<ArtifactRecord> {
-        let row = sqlx::query(
-            "SELECT execution_uuid, name, kind, content_type, size, created_at FROM artifacts \
-             WHERE execution_uuid = ? AND name = ?",
-        )
-        .bind(execution.to_string())
-        .bind(name)
-        .fetch_optional(&self.reader)
-        .await?
-        .ok_or(StoreError::NotFound("artifact"))?;
+        let sql = format!("SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE execution_uuid = ? AND name = ?");
+        let row = sqlx::query(&sql)
+            .bind(execution.to_string())
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?
+            .ok_or(StoreError::NotFound("artifact"))?;
         rows::artifact(&row)
     }
 
@@ -937,23 +831,9 @@ impl Store for SqliteStore {
     }
 
     async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        let row = sqlx::query(
-            "SELECT id, name, prefix, role, created_at, sessions_not_before FROM api_keys WHERE key_hash = ?",
-        )
-        .bind(key_hash)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.map(|r| {
-            Ok(ApiKeyRecord {
-                id: rows::uuid_col(&r, "id")?,
-                name: r.try_get("name")?,
-                prefix: r.try_get("prefix")?,
-                role: r.try_get("role")?,
-                created_at: r.try_get("created_at")?,
-                sessions_not_before: r.try_get("sessions_not_before")?,
-            })
-        })
-        .transpose()
+        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?");
+        let row = sqlx::query(&sql).bind(key_hash).fetch_optional(&self.reader).await?;
+        row.as_ref().map(rows::api_key).transpose()
     }
 
     async fn end_sessions(&self, key_hash: &str, at_ms: i64) -> StoreResult<()> {
@@ -997,7 +877,7 @@ impl Store for SqliteStore {
     async fn count_executions_by_status(&self) -> StoreResult<Vec<(ExecutionStatus, i64)>> {
         let rows =
             sqlx::query("SELECT status, COUNT(*) AS n FROM executions GROUP BY status").fetch_all(&self.reader).await?;
-        rows.iter().map(|r| Ok((rows::status_col(r, "status")?, r.try_get("n")?))).collect()
+        rows.iter().map(|r| Ok((r.status("status")?, r.int("n")?))).collect()
     }
 
     async fn put_secret(&self, name: &str, sealed: Sealed) -> StoreResult<bool> {
@@ -1032,15 +912,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT name, created_at, updated_at FROM secrets ORDER BY name")
             .fetch_all(&self.reader)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SecretInfo {
-                    name: r.try_get("name")?,
-                    created_at: r.try_get("created_at")?,
-                    updated_at: r.try_get("updated_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::secret_info).collect()
     }
 
     async fn get_secrets(&self, names: &[String]) -> StoreResult<Vec<(String, Sealed)>> {
@@ -1051,10 +923,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.reader)
                 .await?;
             if let Some(row) = row {
-                found.push((
-                    name.clone(),
-                    Sealed { nonce: row.try_get("nonce")?, ciphertext: row.try_get("ciphertext")? },
-                ));
+                found.push((name.clone(), Sealed { nonce: row.bytes("nonce")?, ciphertext: row.bytes("ciphertext")? }));
             }
         }
         Ok(found)

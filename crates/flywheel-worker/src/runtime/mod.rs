@@ -5,9 +5,12 @@
 //! mounted at `/work` and nothing else of the host writable. The worker reads
 //! the agent's stdout (events) and stderr (diagnostics) from the returned
 //! [`Sandbox`] and kills it when the execution ends. Bubblewrap is the
-//! default; Docker and Kubernetes fit behind the same trait.
+//! default; Docker (feature `docker`) is the other; Kubernetes fits behind
+//! the same trait.
 
 pub mod bubblewrap;
+#[cfg(feature = "docker")]
+pub mod docker;
 
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -68,4 +71,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Explains a sandbox that died before its agent said anything, from
     /// what it wrote on stderr.
     fn diagnose_early_exit(&self, stderr: &str, exit_code: Option<i32>) -> String;
+    /// Removes sandboxes of executions that are no longer running (a
+    /// container outlives a node that died; a bubblewrap sandbox dies with
+    /// its node, so that runtime has nothing to do). Returns how many.
+    async fn reconcile(&self, _store: &dyn flywheel_store::Store) -> anyhow::Result<usize> {
+        Ok(0)
+    }
 }

@@ -1,8 +1,16 @@
 //! The end-to-end test harness: starts the real `flywheel` binary on port 0
 //! with a temporary data dir and real bubblewrap sandboxes, and talks to it
 //! over HTTP like any client.
+//!
+//! With `FLYWHEEL_TEST_BACKEND=postgres` every server stores its state in a
+//! fresh database of a real, throwaway PostgreSQL server (see
+//! [`postgres_server`]) instead of SQLite in its data dir; `make test` runs
+//! the suite both ways.
 
 #![allow(dead_code)]
+
+#[path = "../../../flywheel-store/tests/postgres_server/mod.rs"]
+pub mod postgres_server;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -21,6 +29,51 @@ pub struct Server {
     extra_args: Vec<String>,
     pub env: Vec<(String, String)>,
     starts: u32,
+    /// The PostgreSQL database, when the suite runs on PostgreSQL.
+    pub database: Option<postgres_server::TestDatabase>,
+}
+
+impl Server {
+    /// Whether `needle` is stored anywhere in the server's database, as text
+    /// or as bytes (the SQLite file and its WAL; every table of PostgreSQL).
+    pub async fn database_contains(&self, needle: &str) -> bool {
+        match &self.database {
+            None => ["flywheel.db", "flywheel.db-wal"].iter().any(|file| {
+                let bytes = std::fs::read(self.data_dir.join(file)).unwrap_or_default();
+                bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            }),
+            Some(database) => {
+                use sqlx::{Connection, Row};
+                let mut conn = sqlx::PgConnection::connect(&database.url).await.expect("connect to the test database");
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .expect("list tables");
+                // bytea columns render as \x<hex> in a row's text.
+                let hex: String = needle.bytes().map(|b| format!("{b:02x}")).collect();
+                for table in tables {
+                    let rows = sqlx::query(&format!("SELECT t::text AS row FROM \"{table}\" t"))
+                        .fetch_all(&mut conn)
+                        .await
+                        .expect("read a table");
+                    for row in rows {
+                        let text: String = row.get("row");
+                        if text.contains(needle) || text.contains(&hex) {
+                            return true;
+                        }
+                    }
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Whether this run of the suite uses PostgreSQL (`FLYWHEEL_TEST_BACKEND=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("FLYWHEEL_TEST_BACKEND").is_ok_and(|b| b == "postgres")
 }
 
 pub fn binary() -> &'static str {
@@ -45,6 +98,7 @@ impl Server {
             extra_args: args.iter().map(|s| (*s).to_owned()).collect(),
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             starts: 0,
+            database: if on_postgres() { Some(postgres_server::fresh_database().await) } else { None },
         };
         server.spawn().await;
         server
@@ -65,12 +119,21 @@ impl Server {
             })
             .args(&self.extra_args)
             .env("FLYWHEEL_API_KEY", KEY)
+            .env_remove("DATABASE_URL")
             .env("FLYWHEEL_LOG", "info,flywheel=debug")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).expect("stdout file"))
             .stderr(std::fs::File::create(&err).expect("stderr file"));
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(database) = &self.database {
+            cmd.args(["--database-url", &database.url]);
+            // Nodes sharing a database find a dead node's executions by
+            // their expired leases: keep them short so a restart sees it soon.
+            if !self.extra_args.iter().any(|a| a == "--lease-secs") {
+                cmd.args(["--lease-secs", "3"]);
+            }
         }
         self.child = Some(cmd.spawn().expect("start flywheel serve"));
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -287,6 +350,17 @@ pub fn id(e: &Value) -> String {
 
 pub fn artifact_path(data_dir: &Path, execution: &str, name: &str) -> PathBuf {
     data_dir.join("artifacts").join(execution).join(name)
+}
+
+/// The text of an artifact file, waiting up to five seconds for it: the
+/// final files are written just after the execution turns terminal.
+pub async fn read_artifact(data_dir: &Path, execution: &str, name: &str) -> String {
+    let path = artifact_path(data_dir, execution, name);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !path.is_file() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{} is not readable: {e}", path.display()))
 }
 
 /// A web server with fixture pages, on its own port (its own origin).

@@ -1,0 +1,293 @@
+//! The Docker runtime: each execution in its own container, through the
+//! Docker Engine API (bollard).
+//!
+//! The container runs `flywheel agent --job /work/job.json` from a
+//! configurable image (the repo's `docker/Dockerfile`: Debian, Chromium,
+//! ffmpeg, flywheel) with the execution's work dir bound at `/work` as the
+//! only writable place besides a private `/tmp`; a read-only root file
+//! system, no capabilities, `no-new-privileges`, memory, CPU and process
+//! limits, a configurable network mode, a clean environment and an init
+//! process that reaps the browser's children. Every container carries the
+//! labels `flywheel.managed`, `flywheel.execution` and `flywheel.node`; a
+//! reconciler ([`Runtime::reconcile`]) removes any whose execution is
+//! no longer running, whichever node started it.
+
+use super::{Runtime, Sandbox, SandboxControl, SandboxError, SandboxSpec};
+use async_trait::async_trait;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use flywheel_model::protocol::{SANDBOX_JOB_FILE, SANDBOX_WORK_DIR};
+use flywheel_model::ExecutionStatus;
+use flywheel_store::Store;
+use futures::StreamExt;
+use std::collections::HashMap;
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+/// Labels every Flywheel container carries.
+pub const LABEL_MANAGED: &str = "flywheel.managed";
+pub const LABEL_EXECUTION: &str = "flywheel.execution";
+pub const LABEL_NODE: &str = "flywheel.node";
+
+/// Configuration of the Docker runtime.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// The image the containers run (must hold `agent_path`, Chromium and ffmpeg).
+    pub image: String,
+    /// The flywheel binary inside the image.
+    pub agent_path: String,
+    /// Memory limit in bytes (0: none).
+    pub memory_bytes: i64,
+    /// CPUs, e.g. 1.5 (0: no limit).
+    pub cpus: f64,
+    /// Most processes and threads in a container.
+    pub pids_limit: i64,
+    /// `bridge`, `none`, `host` or a network's name.
+    pub network_mode: String,
+    /// Size of `/dev/shm` and of `/tmp`, in bytes.
+    pub tmpfs_bytes: i64,
+    /// The node that starts the containers (a label, for people and the reconciler).
+    pub node_id: String,
+}
+
+pub struct DockerRuntime {
+    docker: Docker,
+    config: DockerConfig,
+}
+
+impl DockerRuntime {
+    /// Connects to the local Docker engine (`DOCKER_HOST` or the default socket).
+    pub fn connect(config: DockerConfig) -> Result<DockerRuntime, SandboxError> {
+        let docker = Docker::connect_with_local_defaults().map_err(|e| {
+            SandboxError(format!("cannot reach the Docker engine: {e}; is Docker running and is its socket readable?"))
+        })?;
+        Ok(DockerRuntime { docker, config })
+    }
+
+    fn container_name(execution: Uuid) -> String {
+        format!("flywheel-{execution}")
+    }
+
+    fn create_body(&self, spec: &SandboxSpec) -> ContainerCreateBody {
+        let execution = spec.execution.to_string();
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_EXECUTION.to_owned(), execution.clone()),
+            (LABEL_NODE.to_owned(), self.config.node_id.clone()),
+        ]);
+        let env = [
+            "PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin".to_owned(),
+            format!("HOME={SANDBOX_WORK_DIR}"),
+            "TMPDIR=/tmp".to_owned(),
+            "LANG=C.UTF-8".to_owned(),
+            format!("FLYWHEEL_EXECUTION={execution}"),
+            "MIMALLOC_ARENA_EAGER_COMMIT=0".to_owned(),
+        ];
+        let tmpfs_size = self.config.tmpfs_bytes.max(16 << 20);
+        let uid = nix::unistd::getuid();
+        let gid = nix::unistd::getgid();
+        let host_config = HostConfig {
+            binds: Some(vec![format!("{}:{SANDBOX_WORK_DIR}:rw", spec.work_dir.display())]),
+            tmpfs: Some(HashMap::from([("/tmp".to_owned(), format!("rw,nosuid,nodev,size={tmpfs_size}"))])),
+            shm_size: Some(tmpfs_size),
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            memory: (self.config.memory_bytes > 0).then_some(self.config.memory_bytes),
+            memory_swap: (self.config.memory_bytes > 0).then_some(self.config.memory_bytes),
+            nano_cpus: (self.config.cpus > 0.0).then_some((self.config.cpus * 1e9) as i64),
+            pids_limit: (self.config.pids_limit > 0).then_some(self.config.pids_limit),
+            network_mode: Some(self.config.network_mode.clone()),
+            init: Some(true),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(self.config.image.clone()),
+            entrypoint: Some(vec![self.config.agent_path.clone()]),
+            cmd: Some(vec!["agent".to_owned(), "--job".to_owned(), format!("{SANDBOX_WORK_DIR}/{SANDBOX_JOB_FILE}")]),
+            env: Some(env.to_vec()),
+            labels: Some(labels),
+            user: Some(format!("{uid}:{gid}")),
+            working_dir: Some(SANDBOX_WORK_DIR.to_owned()),
+            hostname: Some("flywheel-sandbox".to_owned()),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            tty: Some(false),
+            network_disabled: Some(self.config.network_mode == "none"),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// Removes every Flywheel container whose execution is not running (it
+    /// ended, was deleted, or its node died and the reaper failed it).
+    /// Returns how many were removed.
+    async fn remove_stale_containers(&self, store: &dyn Store) -> anyhow::Result<usize> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let containers = self.docker.list_containers(Some(options)).await?;
+        let mut removed = 0;
+        for container in containers {
+            let Some(id) = container.id else { continue };
+            let execution =
+                container.labels.as_ref().and_then(|l| l.get(LABEL_EXECUTION)).and_then(|e| Uuid::parse_str(e).ok());
+            let running = match execution {
+                Some(execution) => match store.get_execution(execution).await {
+                    Ok(record) => record.status == ExecutionStatus::Running,
+                    Err(flywheel_store::StoreError::NotFound(_)) => false,
+                    // Unsure: leave it for the next round.
+                    Err(_) => true,
+                },
+                None => false,
+            };
+            if !running {
+                debug!(container = %id, execution = ?execution, "removing a container whose execution is not running");
+                let options = RemoveContainerOptionsBuilder::default().force(true).build();
+                match self.docker.remove_container(&id, Some(options)).await {
+                    Ok(()) => removed += 1,
+                    Err(err) => warn!(container = %id, error = %err, "could not remove a stale container"),
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn probe(&self) -> Result<(), SandboxError> {
+        self.docker.ping().await.map_err(|e| {
+            SandboxError(format!("cannot reach the Docker engine: {e}; is Docker running and is its socket readable?"))
+        })?;
+        self.docker.inspect_image(&self.config.image).await.map_err(|e| {
+            SandboxError(format!(
+                "the Docker image {} is not on this machine ({e}); build it with `make docker-image` (see docker/Dockerfile)",
+                self.config.image
+            ))
+        })?;
+        Ok(())
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
+        let name = Self::container_name(spec.execution);
+        let options = bollard::query_parameters::CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = self.docker.create_container(Some(options), self.create_body(spec)).await.map_err(|e| {
+            SandboxError(format!("could not create the container for this execution from {}: {e}", self.config.image))
+        })?;
+        let id = created.id;
+        let control = DockerControl { docker: self.docker.clone(), id: id.clone(), removed: false };
+        // Attach before starting, so no output is missed.
+        let attach =
+            AttachContainerOptionsBuilder::default().stdin(true).stdout(true).stderr(true).stream(true).build();
+        let attached = match self.docker.attach_container(&id, Some(attach)).await {
+            Ok(attached) => attached,
+            Err(err) => {
+                let mut control = control;
+                control.kill().await;
+                return Err(SandboxError(format!("could not attach to the container: {err}")));
+            }
+        };
+        if let Err(err) = self.docker.start_container(&id, None::<StartContainerOptions>).await {
+            let mut control = control;
+            control.kill().await;
+            return Err(SandboxError(format!("could not start the container: {err}")));
+        }
+        // Split the multiplexed output into the agent's stdout and stderr.
+        let (mut stdout_tx, stdout_rx) = tokio::io::duplex(64 << 10);
+        let (mut stderr_tx, stderr_rx) = tokio::io::duplex(16 << 10);
+        let mut output = attached.output;
+        tokio::spawn(async move {
+            while let Some(item) = output.next().await {
+                let result = match item {
+                    Ok(bollard::container::LogOutput::StdOut { message })
+                    | Ok(bollard::container::LogOutput::Console { message }) => stdout_tx.write_all(&message).await,
+                    Ok(bollard::container::LogOutput::StdErr { message }) => stderr_tx.write_all(&message).await,
+                    Ok(bollard::container::LogOutput::StdIn { .. }) => Ok(()),
+                    Err(err) => {
+                        debug!(error = %err, "the container's output stream ended");
+                        break;
+                    }
+                };
+                if result.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Sandbox {
+            stdin: Box::new(attached.input),
+            stdout: Box::new(stdout_rx),
+            stderr: Box::new(stderr_rx),
+            control: Box::new(control),
+        })
+    }
+
+    async fn reconcile(&self, store: &dyn Store) -> anyhow::Result<usize> {
+        self.remove_stale_containers(store).await
+    }
+
+    fn diagnose_early_exit(&self, stderr: &str, exit_code: Option<i32>) -> String {
+        let tail: String =
+            stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        match exit_code {
+            Some(127) => format!(
+                "the container could not run {} (is it in the image {}?): {tail}",
+                self.config.agent_path, self.config.image
+            ),
+            Some(137) => {
+                format!("the container was killed (out of memory? limit {} bytes): {tail}", self.config.memory_bytes)
+            }
+            code => format!("the container exited ({code:?}) before the agent started: {tail}"),
+        }
+    }
+}
+
+struct DockerControl {
+    docker: Docker,
+    id: String,
+    removed: bool,
+}
+
+#[async_trait]
+impl SandboxControl for DockerControl {
+    async fn kill(&mut self) {
+        if self.removed {
+            return;
+        }
+        let options = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
+        let _ = self.docker.kill_container(&self.id, Some(options)).await;
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(&self.id, Some(options)).await {
+            Ok(()) => self.removed = true,
+            Err(err) => {
+                warn!(container = %self.id, error = %err, "could not remove the container; the reconciler will")
+            }
+        }
+    }
+
+    async fn wait(&mut self) -> Option<i32> {
+        let code = if self.removed {
+            None
+        } else {
+            let mut wait = self.docker.wait_container(&self.id, None::<WaitContainerOptions>);
+            match wait.next().await {
+                Some(Ok(response)) => Some(response.status_code as i32),
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code as i32),
+                _ => None,
+            }
+        };
+        self.kill().await;
+        code
+    }
+}
