@@ -7,12 +7,14 @@
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # command:Debian package ("dpkg:" checks the package itself), for what
 # Flywheel runs (sandboxes, browser, video),
 RUNTIME_DEPS := bwrap:bubblewrap chromium:chromium ffmpeg:ffmpeg dpkg:fonts-liberation
-# for the tests (a real PostgreSQL server, the base image of execution containers),
+# for the tests (a real PostgreSQL server; debootstrap builds the base image
+# of execution containers, since no image can be pulled),
 TEST_DEPS := dpkg:postgresql debootstrap:debootstrap
 # and for the benchmarks.
 BENCH_DEPS := wrk:wrk
@@ -35,6 +37,7 @@ deps:
 
 test-deps: deps
 	$(call install_missing,$(TEST_DEPS))
+	$(SUDO) docker/build-base-image.sh flywheel-sandbox-base:bookworm
 
 bench-deps: deps
 	$(call install_missing,$(BENCH_DEPS))
@@ -45,7 +48,7 @@ build: deps
 	$(CARGO) build --release --locked
 
 run: build
-	./target/release/flywheel serve --listen $(LISTEN) --data-dir $(DATA_DIR) --load-examples --show-key
+	$(TARGET_DIR)/release/flywheel serve --listen $(LISTEN) --data-dir $(DATA_DIR) --load-examples --show-key
 
 # Every test, then the end-to-end suite again on PostgreSQL (a throwaway server).
 test: test-deps
@@ -57,13 +60,12 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 bench: bench-deps build
-	$(CARGO) run --release --locked -p flywheel-bench -- --binary target/release/flywheel
+	$(CARGO) run --release --locked -p flywheel-bench -- --binary $(TARGET_DIR)/release/flywheel
 
 # The image of `--runtime docker` execution containers (and of Flywheel itself):
 # Debian with Chromium and ffmpeg, built from Debian packages, plus the binary.
 docker-image: build test-deps
-	$(SUDO) docker/build-base-image.sh flywheel-sandbox-base:bookworm
-	docker build -q -f docker/Dockerfile --build-arg BASE=flywheel-sandbox-base:bookworm -t flywheel-sandbox:latest .
+	docker/build-image.sh flywheel-sandbox:latest $(TARGET_DIR)/release/flywheel flywheel-sandbox-base:bookworm
 
 clean:
 	$(CARGO) clean

@@ -56,7 +56,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "FLYWHEEL_BWRAP", default_value = "bwrap")]
     pub bwrap_path: PathBuf,
     /// The Chromium executable for browser steps (default: the first of
-    /// /usr/lib/chromium/chromium, /usr/bin/chromium, /usr/bin/chromium-browser, /usr/bin/google-chrome).
+    /// /usr/lib/chromium/chromium, /usr/bin/chromium, /usr/bin/chromium-browser, /usr/bin/google-chrome;
+    /// with --runtime docker, a path inside the image, default /usr/lib/chromium/chromium).
     #[arg(long, env = "FLYWHEEL_CHROMIUM")]
     pub chromium_path: Option<PathBuf>,
     /// The browser's viewport, WIDTHxHEIGHT.
@@ -153,6 +154,10 @@ pub struct Node {
     pub signals: Signals,
     /// Other processes use the same store (PostgreSQL).
     pub shared: bool,
+    /// Names this deployment (every node on one database shares it), so that
+    /// its sandbox containers are told apart from other deployments' on one
+    /// Docker engine.
+    pub deployment: String,
     _lock: DataDirLock,
 }
 
@@ -186,7 +191,11 @@ pub async fn open(args: &StoreArgs) -> anyhow::Result<Node> {
         &data_dir.join("secrets.key"),
     )?);
     check_secrets_key(store.as_ref(), &secrets, shared).await?;
-    Ok(Node { data_dir, store, artifacts, secrets, signals, shared, _lock: lock })
+    let deployment = store
+        .setting_or_init("deployment_id", &uuid::Uuid::now_v7().simple().to_string())
+        .await
+        .context("could not read the deployment id")?;
+    Ok(Node { data_dir, store, artifacts, secrets, signals, shared, deployment, _lock: lock })
 }
 
 /// `postgres://user:password@host/db` → `postgres://user:***@host/db`, for messages.
@@ -315,6 +324,9 @@ fn parse_viewport(raw: &str) -> Result<(u32, u32), String> {
     Ok((w, h))
 }
 
+/// Chromium in the execution image of docker/Dockerfile (Debian's package).
+const IMAGE_CHROMIUM: &str = "/usr/lib/chromium/chromium";
+
 /// The configured Chromium, else the first one found on the machine.
 fn find_chromium(configured: Option<&Path>) -> PathBuf {
     if let Some(path) = configured {
@@ -334,7 +346,11 @@ fn find_chromium(configured: Option<&Path>) -> PathBuf {
 /// up what a previous process on this data dir left behind.
 pub async fn dispatcher(node: &Node, args: &WorkerArgs) -> anyhow::Result<(Dispatcher, WorkerConfig)> {
     let node_id = format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple());
-    let chromium = find_chromium(args.chromium_path.as_deref());
+    // Inside a container the browser is the image's, not this machine's.
+    let chromium = match args.runtime.as_str() {
+        "docker" => args.chromium_path.clone().unwrap_or_else(|| PathBuf::from(IMAGE_CHROMIUM)),
+        _ => find_chromium(args.chromium_path.as_deref()),
+    };
     let runtime: Arc<dyn Runtime> = match args.runtime.as_str() {
         "docker" => Arc::new(
             DockerRuntime::connect(DockerConfig {
@@ -346,6 +362,7 @@ pub async fn dispatcher(node: &Node, args: &WorkerArgs) -> anyhow::Result<(Dispa
                 network_mode: args.docker_network.clone(),
                 tmpfs_bytes: 512 << 20,
                 node_id: node_id.clone(),
+                deployment: node.deployment.clone(),
             })
             .map_err(|e| anyhow::anyhow!(e.0))?,
         ),

@@ -8,9 +8,10 @@
 //! system, no capabilities, `no-new-privileges`, memory, CPU and process
 //! limits, a configurable network mode, a clean environment and an init
 //! process that reaps the browser's children. Every container carries the
-//! labels `flywheel.managed`, `flywheel.execution` and `flywheel.node`; a
-//! reconciler ([`Runtime::reconcile`]) removes any whose execution is
-//! no longer running, whichever node started it.
+//! labels `flywheel.managed`, `flywheel.deployment`, `flywheel.execution`
+//! and `flywheel.node`; a reconciler ([`Runtime::reconcile`]) removes any of
+//! its deployment whose execution is no longer running, whichever node
+//! started it, and never touches another deployment's containers.
 
 use super::{Runtime, Sandbox, SandboxControl, SandboxError, SandboxSpec};
 use async_trait::async_trait;
@@ -31,6 +32,7 @@ use uuid::Uuid;
 
 /// Labels every Flywheel container carries.
 pub const LABEL_MANAGED: &str = "flywheel.managed";
+pub const LABEL_DEPLOYMENT: &str = "flywheel.deployment";
 pub const LABEL_EXECUTION: &str = "flywheel.execution";
 pub const LABEL_NODE: &str = "flywheel.node";
 
@@ -51,8 +53,11 @@ pub struct DockerConfig {
     pub network_mode: String,
     /// Size of `/dev/shm` and of `/tmp`, in bytes.
     pub tmpfs_bytes: i64,
-    /// The node that starts the containers (a label, for people and the reconciler).
+    /// The node that starts the containers (a label, for people).
     pub node_id: String,
+    /// The deployment (shared by the nodes of one database): the reconciler
+    /// looks only at containers with this label.
+    pub deployment: String,
 }
 
 pub struct DockerRuntime {
@@ -69,6 +74,13 @@ impl DockerRuntime {
         Ok(DockerRuntime { docker, config })
     }
 
+    fn missing_image(&self, error: &bollard::errors::Error) -> SandboxError {
+        SandboxError(format!(
+            "the Docker image {} is not on this machine ({error}); build it with `make docker-image` (see docker/Dockerfile)",
+            self.config.image
+        ))
+    }
+
     fn container_name(execution: Uuid) -> String {
         format!("flywheel-{execution}")
     }
@@ -77,6 +89,7 @@ impl DockerRuntime {
         let execution = spec.execution.to_string();
         let labels = HashMap::from([
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_DEPLOYMENT.to_owned(), self.config.deployment.clone()),
             (LABEL_EXECUTION.to_owned(), execution.clone()),
             (LABEL_NODE.to_owned(), self.config.node_id.clone()),
         ]);
@@ -109,7 +122,7 @@ impl DockerRuntime {
         ContainerCreateBody {
             image: Some(self.config.image.clone()),
             entrypoint: Some(vec![self.config.agent_path.clone()]),
-            cmd: Some(vec!["agent".to_owned(), "--job".to_owned(), format!("{SANDBOX_WORK_DIR}/{SANDBOX_JOB_FILE}")]),
+            cmd: Some(vec!["agent".to_owned(), "--job".to_owned(), SANDBOX_JOB_FILE.to_owned()]),
             env: Some(env.to_vec()),
             labels: Some(labels),
             user: Some(format!("{uid}:{gid}")),
@@ -131,7 +144,10 @@ impl DockerRuntime {
     /// ended, was deleted, or its node died and the reaper failed it).
     /// Returns how many were removed.
     async fn remove_stale_containers(&self, store: &dyn Store) -> anyhow::Result<usize> {
-        let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")])]);
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_MANAGED}=true"), format!("{LABEL_DEPLOYMENT}={}", self.config.deployment)],
+        )]);
         let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         let containers = self.docker.list_containers(Some(options)).await?;
         let mut removed = 0;
@@ -153,6 +169,7 @@ impl DockerRuntime {
                 let options = RemoveContainerOptionsBuilder::default().force(true).build();
                 match self.docker.remove_container(&id, Some(options)).await {
                     Ok(()) => removed += 1,
+                    Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
                     Err(err) => warn!(container = %id, error = %err, "could not remove a stale container"),
                 }
             }
@@ -171,21 +188,21 @@ impl Runtime for DockerRuntime {
         self.docker.ping().await.map_err(|e| {
             SandboxError(format!("cannot reach the Docker engine: {e}; is Docker running and is its socket readable?"))
         })?;
-        self.docker.inspect_image(&self.config.image).await.map_err(|e| {
-            SandboxError(format!(
-                "the Docker image {} is not on this machine ({e}); build it with `make docker-image` (see docker/Dockerfile)",
-                self.config.image
-            ))
-        })?;
+        self.docker.inspect_image(&self.config.image).await.map_err(|e| self.missing_image(&e))?;
         Ok(())
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         let name = Self::container_name(spec.execution);
         let options = bollard::query_parameters::CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self.docker.create_container(Some(options), self.create_body(spec)).await.map_err(|e| {
-            SandboxError(format!("could not create the container for this execution from {}: {e}", self.config.image))
-        })?;
+        let created =
+            self.docker.create_container(Some(options), self.create_body(spec)).await.map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => self.missing_image(&e),
+                e => SandboxError(format!(
+                    "could not create the container for this execution from {}: {e}",
+                    self.config.image
+                )),
+            })?;
         let id = created.id;
         let control = DockerControl { docker: self.docker.clone(), id: id.clone(), removed: false };
         // Attach before starting, so no output is missed.
@@ -269,7 +286,9 @@ impl SandboxControl for DockerControl {
         let _ = self.docker.kill_container(&self.id, Some(options)).await;
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.docker.remove_container(&self.id, Some(options)).await {
-            Ok(()) => self.removed = true,
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                self.removed = true
+            }
             Err(err) => {
                 warn!(container = %self.id, error = %err, "could not remove the container; the reconciler will")
             }

@@ -1,0 +1,239 @@
+//! `--runtime docker`: executions in real containers of an image built from
+//! the repo's docker/Dockerfile (on the debootstrap base image of
+//! docker/build-base-image.sh, since nothing can be pulled), with limits,
+//! labels, a read-only root, and no container left after a completion, a
+//! stop, a crash of the node, or a container nobody owns.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const BASE_IMAGE: &str = "flywheel-sandbox-base:bookworm";
+const TEST_IMAGE: &str = "flywheel-test-sandbox:latest";
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker").args(args).output().expect("the docker CLI runs")
+}
+
+/// Builds the execution image once per test binary with
+/// docker/build-image.sh, around this build's `flywheel` binary.
+fn test_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        assert!(
+            docker(&["image", "inspect", BASE_IMAGE]).status.success(),
+            "the base image {BASE_IMAGE} is missing: build it with docker/build-base-image.sh (make test does)"
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/build-image.sh");
+        let out = Command::new(script).args([TEST_IMAGE, binary(), BASE_IMAGE]).output().expect("build-image.sh runs");
+        assert!(out.status.success(), "docker/build-image.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    TEST_IMAGE
+}
+
+/// IDs of the containers (running or not) labelled for `execution`.
+fn containers_of(execution: &str) -> Vec<String> {
+    let out = docker(&["ps", "-a", "-q", "--filter", &format!("label=flywheel.execution={execution}")]);
+    assert!(out.status.success(), "docker ps: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+}
+
+/// Removes the containers of the listed executions when a test ends, passed
+/// or not: a node killed by the test (or a failing assertion) must not leave
+/// containers on the machine.
+#[derive(Default)]
+struct RemoveOnDrop(Vec<String>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for execution in &self.0 {
+            for container in containers_of(execution) {
+                docker(&["rm", "-f", &container]);
+            }
+        }
+    }
+}
+
+fn label_of(container: &str, label: &str) -> String {
+    let out = docker(&["inspect", "-f", &format!("{{{{index .Config.Labels \"{label}\"}}}}"), container]);
+    assert!(out.status.success(), "docker inspect: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+async fn wait_for_containers(execution: &str, present: bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let found = containers_of(execution);
+        if found.is_empty() != present {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containers of {execution} after {within:?}: {found:?} (expected {})",
+            if present { "one" } else { "none" }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn docker_server(extra: &[&str]) -> Server {
+    let image = test_image();
+    let mut args = vec!["--runtime", "docker", "--docker-image", image, "--lease-secs", "3"];
+    args.extend_from_slice(extra);
+    Server::start(&args).await
+}
+
+const PROBE: &str = r#"
+report() { echo "$1=$2" >> /work/report.txt; }
+: > /work/report.txt
+report hostname "$(hostname)"
+report memory "$(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"
+report pids "$(cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max)"
+if touch /usr/flywheel-probe 2>/dev/null; then report root writable; else report root read-only; fi
+if touch /tmp/probe 2>/dev/null; then report tmp writable; else report tmp read-only; fi
+report caps "$(grep CapEff /proc/self/status | tr -d '\t' | cut -d: -f2)"
+report key "${FLYWHEEL_API_KEY:-unset}"
+cat /work/report.txt
+"#;
+
+#[tokio::test]
+async fn shell_and_browser_steps_run_in_a_limited_container() {
+    let fixture = Fixture::start().await;
+    // The host network, so the container reaches the fixture on 127.0.0.1.
+    let server = docker_server(&["--docker-network", "host", "--docker-memory", "1g", "--docker-pids", "512"]).await;
+    server
+        .workflow(
+            "In a container",
+            json!({"steps": [
+                {"shell": {"command": PROBE, "name": "report"}},
+                {"goto": format!("{}/form", fixture.url)},
+                {"type": {"selector": "#name", "text": "{{ input.name }}"}},
+                {"click": {"text": "Go"}},
+                {"extract": {"name": "result", "selector": "#result"}},
+                {"screenshot": {"name": "form"}},
+            ]}),
+        )
+        .await;
+    let id = id(&server.execute("in-a-container", json!({"name": "Ada"})).await);
+    let _cleanup = RemoveOnDrop(vec![id.clone()]);
+    let e = server.wait_terminal(&id, Duration::from_secs(90)).await;
+    assert_eq!(e["status"], "completed", "{e:#}\n{}", server.stderr());
+    let report = e["output"]["report"].as_str().expect("the probe's report");
+    let facts: std::collections::HashMap<&str, &str> = report.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(facts["hostname"], "flywheel-sandbox", "{report}");
+    assert_eq!(facts["memory"], (1u64 << 30).to_string(), "the memory limit: {report}");
+    assert_eq!(facts["pids"], "512", "the pids limit: {report}");
+    assert_eq!(facts["root"], "read-only", "{report}");
+    assert_eq!(facts["tmp"], "writable", "{report}");
+    assert_eq!(facts["caps"], "0000000000000000", "no capabilities: {report}");
+    assert_eq!(facts["key"], "unset", "a clean environment: {report}");
+    assert_eq!(e["output"]["result"], "Hello Ada from", "the browser in the container drove the page");
+    assert!(fixture.hits() >= 1);
+    assert_eq!(e["n_screenshots"], 1);
+    let png = std::fs::read(artifact_path(&server.data_dir, &id, "screenshot-001-form.png"))
+        .expect("the screenshot artifact");
+    assert_eq!(&png[1..4], b"PNG");
+    let artifacts = server.get(&format!("/api/executions/{id}/artifacts")).await;
+    let names: Vec<&str> = artifacts["items"].as_array().unwrap().iter().filter_map(|a| a["name"].as_str()).collect();
+    assert!(names.iter().any(|n| n.ends_with(".mp4") || n.ends_with(".webm")), "a video was recorded: {names:?}");
+    wait_for_containers(&id, false, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_stop_removes_the_container_at_once() {
+    let server = docker_server(&[]).await;
+    server.workflow("Sleeper", json!({"steps": [{"shell": "sleep 300"}]})).await;
+    let id = id(&server.execute("sleeper", json!({})).await);
+    let _cleanup = RemoveOnDrop(vec![id.clone()]);
+    server.wait_status(&id, "running", Duration::from_secs(30)).await;
+    wait_for_containers(&id, true, Duration::from_secs(10)).await;
+    let started = Instant::now();
+    let (status, _) = server.request(reqwest::Method::POST, &format!("/api/executions/{id}/stop"), None).await;
+    assert!(status.is_success(), "{status}");
+    let e = server.wait_terminal(&id, Duration::from_secs(5)).await;
+    assert_eq!(e["status"], "failed");
+    assert_eq!(e["error"]["code"], "stopped");
+    wait_for_containers(&id, false, Duration::from_secs(3)).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "stopped and removed in {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_crashed_node_leaves_no_container_behind() {
+    let mut server = docker_server(&[]).await;
+    server.workflow("Sleeper", json!({"steps": [{"shell": "sleep 300"}]})).await;
+    let id = id(&server.execute("sleeper", json!({})).await);
+    let _cleanup = RemoveOnDrop(vec![id.clone()]);
+    server.wait_status(&id, "running", Duration::from_secs(30)).await;
+    wait_for_containers(&id, true, Duration::from_secs(10)).await;
+    let labels = ["flywheel.managed", "flywheel.execution", "flywheel.node", "flywheel.deployment"];
+    let container = containers_of(&id).remove(0);
+    for label in labels {
+        assert!(!label_of(&container, label).is_empty(), "the container is labelled {label}");
+    }
+    assert_eq!(label_of(&container, "flywheel.execution"), id);
+    server.kill9();
+    // The container outlives the node that started it…
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(containers_of(&id).len(), 1, "the container survives its node until someone cleans up");
+    // …until the node comes back: the execution is lost and the reconciler removes the container.
+    server.spawn().await;
+    let e = server.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(e["status"], "failed");
+    assert_eq!(e["error"]["code"], "worker_lost");
+    wait_for_containers(&id, false, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn the_reconciler_removes_its_deployments_containers_of_executions_that_are_not_running() {
+    let image = test_image();
+    let server = docker_server(&[]).await;
+    server.workflow("Sleeper", json!({"steps": [{"shell": "sleep 300"}]})).await;
+    let id = id(&server.execute("sleeper", json!({})).await);
+    let (stray, foreign) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
+    let _cleanup = RemoveOnDrop(vec![id.clone(), stray.clone(), foreign.clone()]);
+    server.wait_status(&id, "running", Duration::from_secs(30)).await;
+    wait_for_containers(&id, true, Duration::from_secs(10)).await;
+    let deployment = label_of(&containers_of(&id)[0], "flywheel.deployment");
+    let leftover = |execution: &str, deployment: &str| {
+        let out = docker(&[
+            "run",
+            "-d",
+            "--label",
+            "flywheel.managed=true",
+            "--label",
+            &format!("flywheel.deployment={deployment}"),
+            "--label",
+            &format!("flywheel.execution={execution}"),
+            "--entrypoint",
+            "/bin/sleep",
+            image,
+            "300",
+        ]);
+        assert!(out.status.success(), "docker run: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // A container of this deployment for an execution it does not know…
+    leftover(&stray, &deployment);
+    // …and one of another deployment sharing the Docker engine.
+    leftover(&foreign, "another-deployment");
+    wait_for_containers(&stray, false, Duration::from_secs(10)).await;
+    assert_eq!(containers_of(&foreign).len(), 1, "another deployment's container was left alone");
+    assert_eq!(containers_of(&id).len(), 1, "the running execution's container was left alone");
+    assert_eq!(server.execution(&id).await["status"], "running");
+}
+
+#[tokio::test]
+async fn a_missing_image_is_a_sandbox_error_that_says_how_to_build_it() {
+    let server = Server::start(&["--runtime", "docker", "--docker-image", "flywheel-no-such-image:never"]).await;
+    server.workflow("Echo", json!({"steps": [{"shell": "echo hi"}]})).await;
+    let id = id(&server.execute("echo", json!({})).await);
+    let e = server.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(e["status"], "failed");
+    assert_eq!(e["error"]["code"], "sandbox_error", "{e:#}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("flywheel-no-such-image:never") && message.contains("make docker-image"), "{message}");
+}

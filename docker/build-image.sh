@@ -1,0 +1,26 @@
+#!/bin/sh
+# Builds the image of Flywheel and of its `--runtime docker` execution
+# containers (docker/Dockerfile) around a flywheel binary, in a build context
+# of its own (so the binary may live in any cargo target dir), with debug
+# info stripped to keep the image small.
+#
+#   docker/build-image.sh [IMAGE] [BINARY] [BASE]
+#
+# Defaults: flywheel-sandbox:latest, target/release/flywheel, and the base
+# built by docker/build-base-image.sh (flywheel-sandbox-base:bookworm).
+set -eu
+IMAGE=${1:-flywheel-sandbox:latest}
+BINARY=${2:-target/release/flywheel}
+BASE=${3:-flywheel-sandbox-base:bookworm}
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+[ -x "$BINARY" ] || { echo "error: $BINARY is not built (make build)" >&2; exit 1; }
+docker image inspect "$BASE" >/dev/null 2>&1 \
+    || { echo "error: the base image $BASE is missing: build it with docker/build-base-image.sh" >&2; exit 1; }
+
+CONTEXT=$(mktemp -d /tmp/flywheel-image.XXXXXX)
+trap 'rm -rf "$CONTEXT"' EXIT INT TERM
+cp "$HERE/Dockerfile" "$CONTEXT/Dockerfile"
+strip --strip-debug -o "$CONTEXT/flywheel" "$BINARY" 2>/dev/null || cp "$BINARY" "$CONTEXT/flywheel"
+docker build -q --build-arg BASE="$BASE" --build-arg BINARY=flywheel -t "$IMAGE" "$CONTEXT" >/dev/null
+echo "built $IMAGE from $BINARY"
