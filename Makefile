@@ -18,6 +18,8 @@ RUNTIME_DEPS := bwrap:bubblewrap chromium:chromium ffmpeg:ffmpeg dpkg:fonts-libe
 TEST_DEPS := dpkg:postgresql debootstrap:debootstrap
 # and for the benchmarks.
 BENCH_DEPS := wrk:wrk
+# The S3-compatible server the tests start (from crates.io, built by cargo).
+S3S_FS_VERSION := 0.14.1
 
 .PHONY: run build test lint bench deps test-deps bench-deps docker-image clean
 
@@ -37,6 +39,8 @@ deps:
 
 test-deps: deps
 	$(call install_missing,$(TEST_DEPS))
+	@command -v s3s-fs >/dev/null || [ -x "$${CARGO_HOME:-$$HOME/.cargo}/bin/s3s-fs" ] || \
+	  { echo "Installing s3s-fs (the S3-compatible server of the tests)"; $(CARGO) install -q --locked s3s-fs --version $(S3S_FS_VERSION) --features binary; }
 	$(SUDO) docker/build-base-image.sh flywheel-sandbox-base:bookworm
 
 bench-deps: deps

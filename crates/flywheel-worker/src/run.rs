@@ -692,24 +692,7 @@ async fn drain_stderr<R: tokio::io::AsyncBufRead + Unpin>(stderr: &mut Lines<R>,
     .await;
 }
 
-/// The Content-Type an artifact is served with.
-pub fn content_type_for(name: &str) -> &'static str {
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
-    match ext.as_str() {
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "webp" => "image/webp",
-        "mp4" => "video/mp4",
-        "webm" => "video/webm",
-        "json" => "application/json",
-        "jsonl" => "application/x-ndjson",
-        "txt" | "log" => "text/plain; charset=utf-8",
-        "csv" => "text/csv; charset=utf-8",
-        "pdf" => "application/pdf",
-        _ => "application/octet-stream",
-    }
-}
+pub use flywheel_store::artifacts::content_type_for;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
+use flywheel_store::artifacts::s3::S3ArtifactStore;
 use flywheel_store::secrets::{Sealed, SecretCipher};
 use flywheel_store::sqlite::{Durability, SqliteStore};
 use flywheel_store::{ArtifactStore, LocalArtifactStore, Store};
@@ -37,9 +38,13 @@ pub struct StoreArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// Where artifacts (screenshots, videos, logs, outputs) are stored: a
-    /// directory every node can reach (default: DATA_DIR/artifacts).
-    #[arg(long, env = "FLYWHEEL_ARTIFACTS")]
-    pub artifacts: Option<PathBuf>,
+    /// directory every node can reach (default: DATA_DIR/artifacts), or an
+    /// S3-compatible bucket, s3://BUCKET/PREFIX, with the endpoint, region and
+    /// credentials from AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY (AWS_ALLOW_HTTP=true for a plain-HTTP endpoint).
+    /// Downloads of bucket artifacts redirect to presigned URLs.
+    #[arg(long, env = "FLYWHEEL_ARTIFACTS", value_name = "DIR|s3://BUCKET/PREFIX")]
+    pub artifacts: Option<String>,
     /// SQLite durability: `full` (fsync every commit; survives power loss) or
     /// `normal` (survives a process crash, not an OS crash).
     #[arg(long, env = "FLYWHEEL_SQLITE_DURABILITY", default_value = "full")]
@@ -184,8 +189,11 @@ pub async fn open(args: &StoreArgs) -> anyhow::Result<Node> {
             (Arc::new(store), true)
         }
     };
-    let artifacts_dir = args.artifacts.clone().unwrap_or_else(|| data_dir.join("artifacts"));
-    let artifacts = Arc::new(LocalArtifactStore::new(&artifacts_dir)?);
+    let artifacts: Arc<dyn ArtifactStore> = match args.artifacts.as_deref() {
+        Some(url) if url.starts_with("s3://") => Arc::new(S3ArtifactStore::connect(url).await?),
+        Some(dir) => Arc::new(LocalArtifactStore::new(Path::new(dir))?),
+        None => Arc::new(LocalArtifactStore::new(&data_dir.join("artifacts"))?),
+    };
     let secrets = Arc::new(SecretCipher::load(
         std::env::var("FLYWHEEL_SECRETS_KEY").ok().as_deref(),
         &data_dir.join("secrets.key"),

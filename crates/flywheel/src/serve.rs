@@ -164,6 +164,10 @@ fn print_banner(url: &str, node: &Node, new_key: Option<&str>, args: &ServeArgs,
         Some(url) => println!("  Database:   {}", node::redact_url(url)),
         None => println!("  Database:   SQLite in the data dir"),
     }
+    match &args.store.artifacts {
+        Some(place) => println!("  Artifacts:  {place}"),
+        None => println!("  Artifacts:  in the data dir"),
+    }
     if args.no_workers {
         println!("  Workers:    none on this node (--no-workers); `flywheel worker` nodes run executions");
     } else {

@@ -12,10 +12,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use flywheel_store::artifacts::is_safe_name;
+use flywheel_store::artifacts::{content_disposition_for, is_safe_name};
 use flywheel_store::records::ArtifactRecord;
 use flywheel_store::StoreError;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the presigned URL a download redirects to stays valid (each
+/// request for the artifact makes a fresh one).
+const PRESIGNED_URL_TTL: Duration = Duration::from_secs(3600);
 
 #[utoipa::path(get, path = "/api/executions/{id}/artifacts", tag = "artifacts",
     params(("id" = String, Path, description = "execution uuid")),
@@ -83,6 +88,14 @@ pub async fn download_artifact(
             }
         },
     };
+    // A bucket serves its bytes itself, through a short-lived presigned URL
+    // (the client repeats its Range header there).
+    if let Some(url) = app.artifacts.presigned_url(id, &name, PRESIGNED_URL_TTL).await? {
+        let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+        insert(&mut response, header::LOCATION, &url);
+        insert(&mut response, header::CACHE_CONTROL, "private, no-store");
+        return Ok(response);
+    }
     let body = app.artifacts.open(id, &name, range.clone()).await?;
     let mut response = Response::new(Body::from_stream(body.stream));
     if range.is_some() {
@@ -93,11 +106,7 @@ pub async fn download_artifact(
     insert(&mut response, header::CONTENT_LENGTH, &(body.range.end - body.range.start).to_string());
     insert(&mut response, header::CONTENT_TYPE, &record.content_type);
     insert(&mut response, header::ACCEPT_RANGES, "bytes");
-    let inline = ["image/", "video/", "application/json", "text/plain", "application/x-ndjson", "application/pdf"]
-        .iter()
-        .any(|p| record.content_type.starts_with(p));
-    let disposition = if inline { "inline" } else { "attachment" };
-    insert(&mut response, header::CONTENT_DISPOSITION, &format!("{disposition}; filename=\"{name}\""));
+    insert(&mut response, header::CONTENT_DISPOSITION, &content_disposition_for(&name, &record.content_type));
     secure(&mut response);
     Ok(response)
 }

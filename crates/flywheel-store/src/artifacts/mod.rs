@@ -2,8 +2,12 @@
 //! execution under `<execution uuid>/<name>`.
 //!
 //! The index of artifacts lives in the [`crate::Store`]; the bytes live in an
-//! [`ArtifactStore`]. [`LocalArtifactStore`] keeps them in a directory through
-//! `object_store`, so an S3 bucket can take its place without changing callers.
+//! [`ArtifactStore`]: [`LocalArtifactStore`] keeps them in a directory, and
+//! (feature `s3`) [`s3::S3ArtifactStore`] in an S3-compatible bucket, both
+//! through `object_store`.
+
+#[cfg(feature = "s3")]
+pub mod s3;
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -42,6 +46,61 @@ pub trait ArtifactStore: Send + Sync + 'static {
     ) -> anyhow::Result<ArtifactBody>;
     /// Deletes every artifact of an execution.
     async fn delete_execution(&self, execution: Uuid) -> anyhow::Result<()>;
+    /// A URL that serves the artifact directly for `ttl` without further
+    /// credentials (a presigned S3 URL), or `None` when the bytes must be
+    /// served through [`ArtifactStore::open`].
+    async fn presigned_url(
+        &self,
+        _execution: Uuid,
+        _name: &str,
+        _ttl: std::time::Duration,
+    ) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+/// The Content-Type an artifact is stored and served with, from its name.
+pub fn content_type_for(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "json" => "application/json",
+        "jsonl" => "application/x-ndjson",
+        "txt" | "log" => "text/plain; charset=utf-8",
+        "csv" => "text/csv; charset=utf-8",
+        "pdf" => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The Content-Disposition of an artifact: media, JSON, text and PDF show
+/// in the browser; anything else (a file a page offered for download, which
+/// could be HTML or a script) is only ever downloaded.
+pub fn content_disposition_for(name: &str, content_type: &str) -> String {
+    let inline = ["image/", "video/", "application/json", "text/plain", "application/x-ndjson", "application/pdf"]
+        .iter()
+        .any(|p| content_type.starts_with(p));
+    format!("{}; filename=\"{name}\"", if inline { "inline" } else { "attachment" })
+}
+
+/// Opens `path` of `store`, optionally a byte range of it.
+async fn open_object(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    name: &str,
+    range: Option<std::ops::Range<u64>>,
+) -> anyhow::Result<ArtifactBody> {
+    let options = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
+    let result = store.get_opts(path, options).await.with_context(|| format!("could not open artifact {name}"))?;
+    let size = result.meta.size;
+    let range = result.range.clone();
+    let stream = result.into_stream().map(|chunk| chunk.map_err(std::io::Error::other)).boxed();
+    Ok(ArtifactBody { size, range, stream })
 }
 
 /// Artifacts in a local directory.
@@ -104,13 +163,7 @@ impl ArtifactStore for LocalArtifactStore {
         range: Option<std::ops::Range<u64>>,
     ) -> anyhow::Result<ArtifactBody> {
         let path = Self::object_path(execution, name)?;
-        let options = GetOptions { range: range.clone().map(GetRange::Bounded), ..Default::default() };
-        let result =
-            self.store.get_opts(&path, options).await.with_context(|| format!("could not open artifact {name}"))?;
-        let size = result.meta.size;
-        let range = result.range.clone();
-        let stream = result.into_stream().map(|chunk| chunk.map_err(std::io::Error::other)).boxed();
-        Ok(ArtifactBody { size, range, stream })
+        open_object(self.store.as_ref(), &path, name, range).await
     }
 
     async fn delete_execution(&self, execution: Uuid) -> anyhow::Result<()> {
