@@ -189,6 +189,16 @@ impl Progress {
         self.entries.is_empty() && !self.has_counters()
     }
 
+    /// Adds `later` after this progress: its entries follow, its counters add up.
+    pub fn absorb(&mut self, later: Progress) {
+        self.entries.extend(later.entries);
+        self.add_steps += later.add_steps;
+        self.add_agent_actions += later.add_agent_actions;
+        self.add_screenshots += later.add_screenshots;
+        self.add_input_tokens += later.add_input_tokens;
+        self.add_output_tokens += later.add_output_tokens;
+    }
+
     /// Whether any counter moves.
     pub fn has_counters(&self) -> bool {
         [self.add_steps, self.add_agent_actions, self.add_screenshots, self.add_input_tokens, self.add_output_tokens]

@@ -5,6 +5,7 @@
 //! `postgres_only::…` are PostgreSQL's.
 
 #[cfg(feature = "postgres")]
+#[allow(dead_code)] // restart_server is for the multi-node tests of the flywheel crate.
 mod postgres_server;
 
 use flywheel_model::log::{LogKind, LogLevel, NewLogEntry};

@@ -96,6 +96,7 @@ async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path
         state: RunState::default(),
         work_dir: work_dir.to_owned(),
         lease_lost: false,
+        unsaved: Progress::default(),
         redactor: Redactor::default(),
         model: None,
     };
@@ -272,6 +273,9 @@ struct Run<'a> {
     state: RunState,
     work_dir: PathBuf,
     lease_lost: bool,
+    /// Progress the store could not take yet (it was unreachable): written
+    /// with the next progress, or with the final status.
+    unsaved: Progress,
     /// Masks the run's secret values (and the model key) in everything
     /// stored (a second line of defence behind the agent's own masking).
     redactor: Redactor,
@@ -462,7 +466,9 @@ impl Run<'_> {
             return Ok(());
         }
         self.redact(&mut progress);
-        match self.deps.store.append_progress(self.lease, progress).await {
+        let mut all = std::mem::take(&mut self.unsaved);
+        all.absorb(progress);
+        match self.deps.store.append_progress(self.lease, all.clone()).await {
             Ok(_) => {
                 self.deps.signals.log_appended(self.lease.execution);
                 Ok(())
@@ -472,9 +478,10 @@ impl Run<'_> {
                 Err(())
             }
             Err(err) => {
-                // The entries are lost, but the run goes on: the final
-                // status matters more than a log line.
-                warn!(error = %err, "could not write progress");
+                // The store is unreachable for now (a database restart):
+                // the run goes on and the entries go with the next write.
+                warn!(error = %err, entries = all.entries.len(), "could not write progress; keeping it for the next write");
+                self.unsaved = all;
                 Ok(())
             }
         }
@@ -596,17 +603,29 @@ impl Run<'_> {
         let finish = Finish {
             error: error.clone(),
             output: if error.is_none() || has_output { Some(output) } else { None },
-            progress: Progress::default(),
+            progress: std::mem::take(&mut self.unsaved),
         };
-        let outcome = match self.deps.store.finish_execution(self.lease, finish).await {
-            Ok(outcome) => outcome,
-            Err(StoreError::LeaseLost) => {
-                warn!("the lease was lost before the execution could be finished");
-                return;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "could not finish the execution; the reaper will");
-                return;
+        // The lease holds until the reaper takes it, so while the store is
+        // unreachable (a database restart) the result is worth retrying,
+        // for about as long as a lease lasts.
+        let give_up = tokio::time::Instant::now() + self.deps.config.lease;
+        let mut pause = Duration::from_millis(100);
+        let outcome = loop {
+            match self.deps.store.finish_execution(self.lease, finish.clone()).await {
+                Ok(outcome) => break outcome,
+                Err(StoreError::LeaseLost) => {
+                    warn!("the lease was lost before the execution could be finished");
+                    return;
+                }
+                Err(err) if tokio::time::Instant::now() + pause < give_up => {
+                    warn!(error = %err, "could not finish the execution; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "could not finish the execution; the reaper will");
+                    return;
+                }
             }
         };
         self.deps.signals.log_appended(execution);

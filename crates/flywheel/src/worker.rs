@@ -39,6 +39,7 @@ async fn work(args: WorkerNodeArgs) -> anyhow::Result<()> {
     let (dispatcher, config) = node::dispatcher(&node, &args.worker).await?;
     let dispatcher = dispatcher.spawn();
     info!(node = %config.node_id, max_concurrent = config.max_concurrent, data_dir = %node.data_dir.display(), "worker node running");
+    println!("worker {} running up to {} executions at once", config.node_id, config.max_concurrent);
     node::shutdown_signal().await;
     info!(grace_secs = args.worker.shutdown_grace, "shutting down: no new executions are claimed");
     dispatcher.shutdown(Duration::from_secs(args.worker.shutdown_grace)).await;

@@ -30,6 +30,9 @@ static STARTED: Mutex<Option<StartedServer>> = Mutex::new(None);
 struct StartedServer {
     postmaster: Child,
     dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    user: Option<(u32, u32)>,
 }
 
 /// A database of its own for one test; dropped (with its connections) when
@@ -168,7 +171,8 @@ fn start_server() -> Result<String, String> {
         .port();
     let postmaster = spawn_postmaster(&bin, &dir, &data, port, user)?;
     let pid = postmaster.id();
-    *STARTED.lock().unwrap_or_else(|e| e.into_inner()) = Some(StartedServer { postmaster, dir: dir.clone() });
+    *STARTED.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(StartedServer { postmaster, dir: dir.clone(), bin: bin.clone(), port, user });
     // SAFETY: registers a plain extern "C" function.
     unsafe { libc::atexit(stop_server) };
     wait_until_ready(&bin, &dir, port, pid)?;
@@ -274,6 +278,25 @@ fn wait_until_ready(bin: &Path, dir: &Path, port: u16, pid: u32) -> Result<(), S
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Restarts the test server the way `pg_ctl restart -m fast` does: every
+/// connection is cut, the server is down for `down_for`, then it accepts
+/// connections again on the same port with the same data. Only for the
+/// server this process started (not FLYWHEEL_TEST_DATABASE_URL).
+pub fn restart_server(down_for: Duration) {
+    let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    let server = started.as_mut().expect("restart_server needs the test's own PostgreSQL server");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.postmaster.id() as libc::pid_t, libc::SIGINT) };
+    server.postmaster.wait().expect("wait for the postmaster");
+    std::thread::sleep(down_for);
+    let data = server.dir.join("data");
+    server.postmaster =
+        spawn_postmaster(&server.bin, &server.dir, &data, server.port, server.user).expect("start postgres again");
+    let (bin, dir, port, pid) = (server.bin.clone(), server.dir.clone(), server.port, server.postmaster.id());
+    drop(started);
+    wait_until_ready(&bin, &dir, port, pid).expect("postgres is back");
 }
 
 /// At exit: immediate shutdown (SIGQUIT; the postmaster ends its backends
