@@ -83,18 +83,42 @@ impl RunContext {
     }
 }
 
-/// Runs the job at `job_path` to the end. Returns whether it succeeded.
+/// Runs the job at `job_path` to the end, as the sandbox's `flywheel agent`.
+/// Returns whether it succeeded.
+///
+/// The worker holds the agent's stdin open for the whole run (it answers
+/// model requests there). When stdin closes, the worker is gone (it died,
+/// or its node did), and the run ends at once: a container, unlike a
+/// bubblewrap sandbox, does not die with the worker on its own, and nothing
+/// may keep acting for an execution that another node will retry.
 pub async fn run_job_file(job_path: &Path) -> anyhow::Result<bool> {
     let text = std::fs::read_to_string(job_path)
         .with_context(|| format!("could not read the job file {}", job_path.display()))?;
     let job: Job = serde_json::from_str(&text)
         .with_context(|| format!("the job file {} is not a valid job", job_path.display()))?;
     let work_dir = job_path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    Ok(run_job(job, work_dir).await)
+    let (mut to_model, from_worker) = tokio::io::duplex(64 << 10);
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = tokio::io::stdin();
+        let _ = tokio::io::copy(&mut stdin, &mut to_model).await;
+        let _ = to_model.shutdown().await;
+        eprintln!("flywheel agent: the worker is gone (stdin closed); ending the run");
+        std::process::exit(EXIT_WORKER_GONE);
+    });
+    Ok(run_job(job, work_dir, from_worker).await)
 }
 
-/// Runs a job, emitting its events. Returns whether it succeeded.
-pub async fn run_job(job: Job, work_dir: PathBuf) -> bool {
+/// The agent's exit status when its worker went away mid-run.
+pub const EXIT_WORKER_GONE: i32 = 75;
+
+/// Runs a job, emitting its events; model answers come from `from_worker`.
+/// Returns whether it succeeded.
+pub async fn run_job(
+    job: Job,
+    work_dir: PathBuf,
+    from_worker: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+) -> bool {
     let secrets: Map<String, Value> = job.secrets.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let emitter = Emitter::stdout(job.secrets.values().cloned().collect());
     emitter.send(&AgentEvent::Started { agent_version: env!("CARGO_PKG_VERSION").to_owned() });
@@ -127,7 +151,10 @@ pub async fn run_job(job: Job, work_dir: PathBuf) -> bool {
         screenshot_every_action: job.browser.as_ref().is_some_and(|b| b.screenshot_every_action),
         screenshots: 0,
         run_started: browser::recorder::epoch_secs(),
-        model_client: job.agent.as_ref().map(|a| ModelClient::start(emitter_for_model.clone(), &a.provider)),
+        model_client: job
+            .agent
+            .as_ref()
+            .map(|a| ModelClient::with_reader(emitter_for_model.clone(), &a.provider, from_worker)),
         agent: job.agent.clone(),
         acknowledge_safety_checks: parsed.spec.acknowledge_safety_checks,
         max_steps: parsed.spec.max_steps,

@@ -55,6 +55,28 @@ pub enum StoreError {
     Internal(#[from] anyhow::Error),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (a restart, a network
+    /// cut), so the same write may succeed later; not for errors the data
+    /// itself caused.
+    pub fn is_unreachable(&self) -> bool {
+        let StoreError::Internal(err) = self else { return false };
+        err.chain().filter_map(|cause| cause.downcast_ref::<sqlx::Error>()).any(|err| match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // Connection exceptions (class 08), and a server shutting down or starting.
+            sqlx::Error::Database(db) => {
+                db.code().is_some_and(|code| code.starts_with("08") || code == "57P01" || code == "57P03")
+            }
+            _ => false,
+        })
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         StoreError::Internal(anyhow::Error::new(err).context("database error"))

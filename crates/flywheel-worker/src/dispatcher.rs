@@ -101,8 +101,9 @@ impl Dispatcher {
             warn!(execution = %outcome.record.uuid, retry = ?outcome.retry, "execution was running when the previous process died: worker_lost");
             self.deps.signals.log_appended(outcome.record.uuid);
         }
-        if config.exclusive {
-            let mut entries = tokio::fs::read_dir(&config.work_root).await.context("listing old work dirs")?;
+        // Work dirs of a previous process on this data dir (the data dir
+        // lock makes them nobody else's): they hold job files with secrets.
+        if let Ok(mut entries) = tokio::fs::read_dir(&config.work_root).await {
             while let Some(entry) = entries.next_entry().await? {
                 let path = entry.path();
                 if let Err(err) = tokio::fs::remove_dir_all(&path).await {

@@ -97,6 +97,7 @@ async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path
         work_dir: work_dir.to_owned(),
         lease_lost: false,
         unsaved: Progress::default(),
+        keepalive: None,
         redactor: Redactor::default(),
         model: None,
     };
@@ -127,6 +128,7 @@ async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path
     } else {
         run.finish(error).await;
     }
+    run.keepalive.take();
     // If the execution was deleted while it ran (its workflow was), files
     // this run stored after the deletion would be orphans: remove them.
     if let Err(StoreError::NotFound(_)) = deps.store.get_execution(lease.execution).await {
@@ -276,11 +278,38 @@ struct Run<'a> {
     /// Progress the store could not take yet (it was unreachable): written
     /// with the next progress, or with the final status.
     unsaved: Progress,
+    /// Renews the lease between the end of the sandbox and the final write.
+    keepalive: Option<KeepLeaseAlive>,
     /// Masks the run's secret values (and the model key) in everything
     /// stored (a second line of defence behind the agent's own masking).
     redactor: Redactor,
     /// The model the agent may call.
     model: Option<ResolvedModel>,
+}
+
+/// Heartbeats a lease every third of its length until dropped (or until the
+/// lease is lost).
+struct KeepLeaseAlive(tokio::task::JoinHandle<()>);
+
+impl KeepLeaseAlive {
+    fn start(store: Arc<dyn Store>, lease: Lease, length: Duration) -> KeepLeaseAlive {
+        KeepLeaseAlive(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(length / 3).await;
+                match store.heartbeat(&lease, length.as_millis() as i64).await {
+                    Err(StoreError::LeaseLost) => return,
+                    Err(err) => warn!(error = %err, "heartbeat failed; retrying at the next beat"),
+                    Ok(_) => {}
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for KeepLeaseAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Run<'_> {
@@ -382,6 +411,14 @@ impl Run<'_> {
             }
         };
         control.kill().await;
+        // Storing the video and the files, then the result, can take longer
+        // than a lease (a large upload to a bucket): keep the lease alive
+        // until the result is written, or the reaper would take a finished
+        // run for a lost one.
+        if end != End::LeaseLost {
+            self.keepalive =
+                Some(KeepLeaseAlive::start(self.deps.store.clone(), self.lease.clone(), self.deps.config.lease));
+        }
         drain_stderr(&mut stderr, &mut stderr_tail, stderr_open).await;
         if end == End::AgentDone && !self.state.started {
             // What the sandbox tool said explains why the agent never ran.
@@ -477,11 +514,17 @@ impl Run<'_> {
                 self.lease_lost = true;
                 Err(())
             }
-            Err(err) => {
+            Err(err) if err.is_unreachable() => {
                 // The store is unreachable for now (a database restart):
                 // the run goes on and the entries go with the next write.
                 warn!(error = %err, entries = all.entries.len(), "could not write progress; keeping it for the next write");
                 self.unsaved = all;
+                Ok(())
+            }
+            Err(err) => {
+                // Entries the store refuses would be refused again: they
+                // are lost, but the run goes on.
+                warn!(error = %err, "could not write progress");
                 Ok(())
             }
         }
@@ -617,7 +660,7 @@ impl Run<'_> {
                     warn!("the lease was lost before the execution could be finished");
                     return;
                 }
-                Err(err) if tokio::time::Instant::now() + pause < give_up => {
+                Err(err) if err.is_unreachable() && tokio::time::Instant::now() + pause < give_up => {
                     warn!(error = %err, "could not finish the execution; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));

@@ -263,7 +263,11 @@ fn run_agent(job: &std::path::Path) -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    match runtime.block_on(flywheel_agent::run_job_file(job)) {
+    let result = runtime.block_on(flywheel_agent::run_job_file(job));
+    // The thread reading stdin (the worker's answers) blocks until the
+    // worker closes it: do not wait for it.
+    runtime.shutdown_background();
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(err) => {

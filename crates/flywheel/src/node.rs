@@ -206,18 +206,26 @@ pub async fn open(args: &StoreArgs) -> anyhow::Result<Node> {
     Ok(Node { data_dir, store, artifacts, secrets, signals, shared, deployment, _lock: lock })
 }
 
-/// `postgres://user:password@host/db` → `postgres://user:***@host/db`, for messages.
+/// `postgres://user:password@host/db` → `postgres://user:***@host/db`, and
+/// a `password=` query parameter masked too, for messages.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+    let (base, query) = url.split_once('?').map_or((url, None), |(base, query)| (base, Some(query)));
+    let base = match (base.find("://"), base.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => match base[scheme_end + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &base[..scheme_end + 3], &base[at..]),
+            None => base.to_owned(),
+        },
+        _ => base.to_owned(),
+    };
+    let Some(query) = query else { return base };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 /// Every node must seal and open secrets with the same key. The first node
@@ -367,7 +375,8 @@ pub async fn dispatcher(node: &Node, args: &WorkerArgs) -> anyhow::Result<(Dispa
                 memory_bytes: args.docker_memory,
                 cpus: args.docker_cpus,
                 pids_limit: args.docker_pids,
-                network_mode: args.docker_network.clone(),
+                // --sandbox-no-network means no network, whatever the runtime.
+                network_mode: if args.sandbox_no_network { "none".to_owned() } else { args.docker_network.clone() },
                 tmpfs_bytes: 512 << 20,
                 node_id: node_id.clone(),
                 deployment: node.deployment.clone(),
@@ -512,6 +521,11 @@ mod tests {
         assert_eq!(super::redact_url("postgres://fw@db/fw"), "postgres://fw@db/fw");
         assert_eq!(super::redact_url("postgres:///fw?host=/tmp"), "postgres:///fw?host=/tmp");
         assert_eq!(super::redact_url("postgres://fw:p@ss@db/fw"), "postgres://fw:***@db/fw");
+        assert_eq!(
+            super::redact_url("postgres://fw@db/fw?sslmode=require&password=s3cret"),
+            "postgres://fw@db/fw?sslmode=require&password=***"
+        );
+        assert_eq!(super::redact_url("postgres://fw:x@/fw?host=/run/a@b"), "postgres://fw:***@/fw?host=/run/a@b");
     }
 
     #[test]

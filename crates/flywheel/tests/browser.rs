@@ -232,7 +232,11 @@ async fn screenshots_show_the_page_and_the_video_plays() {
         .expect("ffprobe runs");
     let info: Value = serde_json::from_slice(&probe.stdout).unwrap();
     assert_eq!(info["streams"][0]["codec_name"], "h264", "{info}");
-    assert_eq!((info["streams"][0]["width"].clone(), info["streams"][0]["height"].clone()), (json!(1280), json!(720)));
+    assert_eq!(
+        (info["streams"][0]["width"].clone(), info["streams"][0]["height"].clone()),
+        (json!(1280), json!(720)),
+        "{info}"
+    );
     let seconds: f64 = info["format"]["duration"].as_str().unwrap().parse().unwrap();
     let run = e["duration_ms"].as_f64().unwrap() / 1000.0;
     assert!((seconds - run).abs() < 1.0, "video {seconds:.2} s vs run {run:.2} s");

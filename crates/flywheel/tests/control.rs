@@ -262,3 +262,16 @@ async fn background_processes_outlive_their_step_but_not_the_execution() {
     assert_eq!(e["output"]["seen"], "alive", "the helper still ran in the next step");
     assert_no_sandbox_left(&id, Duration::from_secs(2)).await;
 }
+
+#[tokio::test]
+async fn a_nul_character_in_a_program_s_output_does_not_break_the_log() {
+    let server = Server::start(&[]).await;
+    let command = "printf 'before\\000after\\n'; printf 'err\\000line\\n' >&2";
+    server.workflow("Nul", json!({"steps": [{"shell": {"command": command, "name": "out"}}]})).await;
+    let id = id(&server.execute("nul", json!({})).await);
+    let e = server.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(e["status"], "completed", "{e:#}");
+    let logged = e["logs"].as_array().unwrap().iter().filter_map(|l| l["message"].as_str()).any(|m| m.contains("line"));
+    assert!(logged, "the stderr line is in the log: {e:#}");
+    assert!(e["output"]["out"].as_str().unwrap().ends_with("after"), "{e:#}");
+}

@@ -65,6 +65,12 @@ fn label_of(container: &str, label: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `true` while the container runs.
+fn container_running_state(container: &str) -> String {
+    let out = docker(&["inspect", "-f", "{{.State.Running}}", container]);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 async fn wait_for_containers(execution: &str, present: bool, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -98,6 +104,7 @@ if touch /usr/flywheel-probe 2>/dev/null; then report root writable; else report
 if touch /tmp/probe 2>/dev/null; then report tmp writable; else report tmp read-only; fi
 report caps "$(grep CapEff /proc/self/status | tr -d '\t' | cut -d: -f2)"
 report key "${FLYWHEEL_API_KEY:-unset}"
+report uid "$(id -u)"
 cat /work/report.txt
 "#;
 
@@ -132,6 +139,7 @@ async fn shell_and_browser_steps_run_in_a_limited_container() {
     assert_eq!(facts["tmp"], "writable", "{report}");
     assert_eq!(facts["caps"], "0000000000000000", "no capabilities: {report}");
     assert_eq!(facts["key"], "unset", "a clean environment: {report}");
+    assert_ne!(facts["uid"], "0", "nothing in a container is root: {report}");
     assert_eq!(e["output"]["result"], "Hello Ada from", "the browser in the container drove the page");
     assert!(fixture.hits() >= 1);
     assert_eq!(e["n_screenshots"], 1);
@@ -177,10 +185,15 @@ async fn a_crashed_node_leaves_no_container_behind() {
     }
     assert_eq!(label_of(&container, "flywheel.execution"), id);
     server.kill9();
-    // The container outlives the node that started it…
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(containers_of(&id).len(), 1, "the container survives its node until someone cleans up");
-    // …until the node comes back: the execution is lost and the reconciler removes the container.
+    // The agent sees its worker go (its stdin closes) and ends the run at
+    // once: nothing keeps acting for an execution another node may retry…
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while container_running_state(&container) == "true" {
+        assert!(Instant::now() < deadline, "the container still runs 5 s after its node died");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(containers_of(&id).len(), 1, "the stopped container stays until someone cleans up");
+    // …and when the node comes back the execution is lost and the reconciler removes the container.
     server.spawn().await;
     let e = server.wait_terminal(&id, Duration::from_secs(20)).await;
     assert_eq!(e["status"], "failed");

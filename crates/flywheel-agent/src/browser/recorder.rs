@@ -67,12 +67,19 @@ impl Recorder {
             bail!("ffmpeg is not installed, so there is no video (apt-get install ffmpeg)");
         }
         let fps = FPS.to_string();
+        // Every frame is fitted into the viewport's size (even, for H.264):
+        // a frame of another size (Chromium's first one can be) must not set
+        // the video's size.
+        let (w, h) = (width.max(2) & !1, height.max(2) & !1);
+        let fit = format!(
+            "scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,format=yuv420p"
+        );
         // The steps come first: the encoder runs at a lower priority, on one
         // thread, without look-ahead (less memory); it catches up in pauses.
         let mut ffmpeg = tokio::process::Command::new("nice")
             .args(["-n", "10", "ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-threads", "1"])
             .args(["-f", "image2pipe", "-c:v", "mjpeg", "-framerate", &fps, "-i", "-"])
-            .args(["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2,format=yuv420p", "-r", &fps])
+            .args(["-vf", &fit, "-r", &fps])
             .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-threads", "1", "-crf", "30"])
             .args(["-movflags", "+faststart"])
             .arg(output)

@@ -34,11 +34,6 @@ pub struct ModelClient {
 }
 
 impl ModelClient {
-    /// Reads the worker's answers from stdin.
-    pub fn start(emitter: Emitter, provider: &str) -> ModelClient {
-        ModelClient::with_reader(emitter, provider, tokio::io::stdin())
-    }
-
     /// Reads the worker's answers from `reader`.
     pub fn with_reader(
         emitter: Emitter,

@@ -76,7 +76,7 @@ async fn insert_log_rows(
     .bind(entries.iter().map(|e| e.level.as_str()).collect::<Vec<&str>>())
     .bind(entries.iter().map(|e| e.kind.as_str()).collect::<Vec<&str>>())
     .bind(entries.iter().map(|e| e.step.map(i64::from)).collect::<Vec<Option<i64>>>())
-    .bind(entries.iter().map(|e| e.message.as_str()).collect::<Vec<&str>>())
+    .bind(entries.iter().map(|e| pg_text(&e.message)).collect::<Vec<_>>())
     .bind(entries.iter().map(|e| e.data.as_ref().map(Value::to_string)).collect::<Vec<Option<String>>>())
     .execute(&mut *conn)
     .await?;
@@ -189,7 +189,7 @@ pub(super) async fn set_terminal(
     )
     .bind(to.as_str())
     .bind(error.map(|e| e.code.as_str()))
-    .bind(error.map(|e| e.message.as_str()))
+    .bind(error.map(|e| pg_text(&e.message)))
     .bind(now)
     .bind(execution)
     .bind(from.as_str())
@@ -249,4 +249,14 @@ pub(super) async fn apply_progress(
         .await?;
     }
     Ok(seqs)
+}
+
+/// PostgreSQL text cannot hold NUL characters (SQLite can): a program that
+/// prints one must not make its log unwritable, so they become U+FFFD.
+fn pg_text(text: &str) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.to_owned()
+    }
 }

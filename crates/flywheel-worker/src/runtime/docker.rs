@@ -22,7 +22,6 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use flywheel_model::protocol::{SANDBOX_JOB_FILE, SANDBOX_WORK_DIR};
-use flywheel_model::ExecutionStatus;
 use flywheel_store::Store;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -102,8 +101,7 @@ impl DockerRuntime {
             "MIMALLOC_ARENA_EAGER_COMMIT=0".to_owned(),
         ];
         let tmpfs_size = self.config.tmpfs_bytes.max(16 << 20);
-        let uid = nix::unistd::getuid();
-        let gid = nix::unistd::getgid();
+        let (uid, gid) = container_user();
         let host_config = HostConfig {
             binds: Some(vec![format!("{}:{SANDBOX_WORK_DIR}:rw", spec.work_dir.display())]),
             tmpfs: Some(HashMap::from([("/tmp".to_owned(), format!("rw,nosuid,nodev,size={tmpfs_size}"))])),
@@ -157,7 +155,7 @@ impl DockerRuntime {
                 container.labels.as_ref().and_then(|l| l.get(LABEL_EXECUTION)).and_then(|e| Uuid::parse_str(e).ok());
             let running = match execution {
                 Some(execution) => match store.get_execution(execution).await {
-                    Ok(record) => record.status == ExecutionStatus::Running,
+                    Ok(record) => record.status.is_active_on_worker(),
                     Err(flywheel_store::StoreError::NotFound(_)) => false,
                     // Unsure: leave it for the next round.
                     Err(_) => true,
@@ -194,10 +192,20 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         let name = Self::container_name(spec.execution);
+        let (uid, gid) = container_user();
+        let work_dir = spec.work_dir.clone();
+        tokio::task::spawn_blocking(move || chown_tree(&work_dir, uid, gid))
+            .await
+            .map_err(|e| SandboxError(format!("could not hand the work dir to the container's user: {e}")))?
+            .map_err(|e| SandboxError(format!("could not hand the work dir to the container's user: {e}")))?;
         let options = bollard::query_parameters::CreateContainerOptionsBuilder::default().name(&name).build();
         let created =
             self.docker.create_container(Some(options), self.create_body(spec)).await.map_err(|e| match e {
-                bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => self.missing_image(&e),
+                bollard::errors::Error::DockerResponseServerError { status_code: 404, ref message }
+                    if message.contains("image") =>
+                {
+                    self.missing_image(&e)
+                }
                 e => SandboxError(format!(
                     "could not create the container for this execution from {}: {e}",
                     self.config.image
@@ -268,6 +276,34 @@ impl Runtime for DockerRuntime {
             code => format!("the container exited ({code:?}) before the agent started: {tail}"),
         }
     }
+}
+
+/// The user execution containers run as: this process's own, unless it is
+/// root, when they run as `nobody` (65534) so that nothing in a container
+/// is uid 0 of the host.
+fn container_user() -> (u32, u32) {
+    const NOBODY: u32 = 65534;
+    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+    if uid == 0 {
+        (NOBODY, NOBODY)
+    } else {
+        (uid, gid)
+    }
+}
+
+/// Gives `dir` and everything in it to `uid:gid` (when it is not theirs yet).
+fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.uid() != uid || meta.gid() != gid {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 struct DockerControl {
