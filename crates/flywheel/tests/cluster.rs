@@ -1,6 +1,7 @@
 //! Many nodes on one PostgreSQL database, as real processes: API-only nodes
 //! (`serve --no-workers`) and worker nodes (`flywheel worker`), and the
-//! faults they must survive: a worker killed with -9 mid-run, an API node
+//! faults they must survive: a worker killed with -9 mid-run (with
+//! bubblewrap sandboxes, and with Docker containers), an API node
 //! killed during a burst, PostgreSQL restarting under load, 2,000
 //! executions over three workers, and a stop that crosses nodes.
 //!
@@ -234,6 +235,37 @@ async fn cluster_a_killed_worker_s_executions_are_lost_or_retried_on_another_nod
     assert!(status.is_success());
     cluster.wait_terminal(api, &retry, Duration::from_secs(5)).await;
     assert_no_sandbox_left(&retry, Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn cluster_a_killed_docker_worker_leaves_no_container_once_another_node_reconciles() {
+    use common::containers::*;
+    let _serial = SERIAL.lock().await;
+    let image = test_image();
+    let mut cluster = Cluster::new().await;
+    let api = cluster.start("serve", &[]).await;
+    let docker_worker = ["--runtime", "docker", "--docker-image", image, "--lease-secs", "3"];
+    let first = cluster.start("worker", &docker_worker).await;
+    cluster.workflow(api, "Sleeper", json!({"steps": [{"shell": "sleep 300"}]})).await;
+    let id = cluster.execute(api, "sleeper", json!({})).await;
+    let _cleanup = RemoveOnDrop(vec![id.clone()]);
+    cluster.wait_until(api, &id, Duration::from_secs(30), |e| e["status"] == "running").await;
+    wait_for_containers(&id, true, Duration::from_secs(10)).await;
+    let container = containers_of(&id).remove(0);
+    cluster.start("worker", &docker_worker).await;
+    let killed = Instant::now();
+    cluster.nodes[first].kill9();
+    // The container ends its run when its worker is gone…
+    while container_running_state(&container) == "true" {
+        assert!(killed.elapsed() < Duration::from_secs(5), "the container still runs 5 s after its worker died");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // …the execution is lost within two lease periods…
+    let lost = cluster.wait_terminal(api, &id, Duration::from_secs(15)).await;
+    assert_eq!(lost["error"]["code"], "worker_lost");
+    assert!(killed.elapsed() < Duration::from_millis(7500), "lost after {:?}", killed.elapsed());
+    // …and the surviving worker's reconciler removes the container.
+    wait_for_containers(&id, false, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]

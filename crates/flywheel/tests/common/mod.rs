@@ -12,6 +12,8 @@
 #[path = "../../../flywheel-store/tests/postgres_server/mod.rs"]
 pub mod postgres_server;
 
+pub mod containers;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
