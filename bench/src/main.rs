@@ -8,8 +8,13 @@
 //!    concurrent load (wrk), POST against an API-only node so only the
 //!    durable write is measured.
 //! 4. Peak RSS of the server.
+//! 5. The browser against Playwright.
+//! 6. Scale-out: a burst over 1 and 2 worker nodes on PostgreSQL, and
+//!    one-step latency with the Docker runtime (see `scale`).
 //!
 //! It prints a table and writes JSON plus a Markdown table to bench/results/.
+
+mod scale;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -176,6 +181,10 @@ struct Server {
 
 impl Server {
     fn start(binary: &Path, extra: &[String]) -> anyhow::Result<Server> {
+        Self::start_with_env(binary, extra, &[])
+    }
+
+    fn start_with_env(binary: &Path, extra: &[String], env: &[(&str, &str)]) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let out = dir.path().join("stdout");
         let child = Command::new(binary)
@@ -184,6 +193,7 @@ impl Server {
             .args(extra)
             .env("FLYWHEEL_API_KEY", KEY)
             .env("FLYWHEEL_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&out)?)
             .stderr(Stdio::null())
             .spawn()
@@ -285,6 +295,33 @@ async fn follow(http: &reqwest::Client, url: &str, id: &str) -> anyhow::Result<(
         }
     }
     bail!("the event stream ended without `end`")
+}
+
+/// Submits `count` one-step executions (32 requests in flight) and waits
+/// until all have ended; returns the seconds until then and until all were
+/// queued.
+async fn burst(http: &reqwest::Client, url: &str, count: usize) -> anyhow::Result<(f64, f64)> {
+    let started = Instant::now();
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let mut submits = Vec::new();
+    for _ in 0..count {
+        let (http, url, semaphore) = (http.clone(), url.to_owned(), semaphore.clone());
+        submits.push(tokio::spawn(async move {
+            let _permit = semaphore.acquire().await;
+            execute(&http, &url).await
+        }));
+    }
+    for s in submits {
+        s.await??;
+    }
+    let submitted = started.elapsed().as_secs_f64();
+    while finished_count(http, url).await? < count as u64 {
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the burst did not finish in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((started.elapsed().as_secs_f64(), submitted))
 }
 
 /// Executions in each final status, from /metrics.
@@ -411,39 +448,16 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("throughput: {} executions at once, {slots} sandboxes at a time…", args.burst);
     let server = Server::start(&args.binary, &extra)?;
     create_workflow(&http, &server.url).await?;
-    let started = Instant::now();
-    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
-    let mut submits = Vec::new();
-    for _ in 0..args.burst {
-        let (http, url, semaphore) = (http.clone(), server.url.clone(), semaphore.clone());
-        submits.push(tokio::spawn(async move {
-            let _permit = semaphore.acquire().await;
-            execute(&http, &url).await
-        }));
-    }
-    for s in submits {
-        s.await??;
-    }
-    let submitted = started.elapsed();
-    loop {
-        if finished_count(&http, &server.url).await? >= args.burst as u64 {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!("the burst did not finish in 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let (elapsed, submitted) = burst(&http, &server.url, args.burst).await?;
     let throughput = args.burst as f64 / elapsed;
     rows.push((
         format!("{} executions at once, end to end ({slots} sandboxes)", args.burst),
-        format!("{throughput:.0} exec/s · {elapsed:.1} s (all queued in {:.2} s)", submitted.as_secs_f64()),
+        format!("{throughput:.0} exec/s · {elapsed:.1} s (all queued in {submitted:.2} s)"),
         "≥ 150".into(),
     ));
     record.insert(
         "throughput".into(),
-        json!({"executions": args.burst, "sandboxes": slots, "seconds": elapsed, "executions_per_sec": throughput, "submit_seconds": submitted.as_secs_f64()}),
+        json!({"executions": args.burst, "sandboxes": slots, "seconds": elapsed, "executions_per_sec": throughput, "submit_seconds": submitted}),
     );
     let rss_burst = server.peak_rss_mib();
     drop(server);
@@ -558,6 +572,10 @@ async fn main() -> anyhow::Result<()> {
                    "playwright": playwright.map(|(a, f)| json!({"per_action_ms": a, "launch_to_first_action_ms": f}))}),
         );
     }
+
+    // 6. Scale-out: PostgreSQL with worker nodes, and the Docker runtime.
+    let bubblewrap_p50 = percentile(&to_completed, 50.0);
+    scale::run(&args.binary, &http, args.burst, bubblewrap_p50, &mut rows, &mut record).await?;
 
     let rss = rss_latency.max(rss_burst).max(rss_post);
     rows.push((
