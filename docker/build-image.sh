@@ -22,5 +22,17 @@ CONTEXT=$(mktemp -d /tmp/flywheel-image.XXXXXX)
 trap 'rm -rf "$CONTEXT"' EXIT INT TERM
 cp "$HERE/Dockerfile" "$CONTEXT/Dockerfile"
 strip --strip-debug -o "$CONTEXT/flywheel" "$BINARY" 2>/dev/null || cp "$BINARY" "$CONTEXT/flywheel"
-docker build -q --build-arg BASE="$BASE" --build-arg BINARY=flywheel -t "$IMAGE" "$CONTEXT" >/dev/null
+PREVIOUS=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+if ! docker build -q --build-arg BASE="$BASE" --build-arg BINARY=flywheel -t "$IMAGE" "$CONTEXT" \
+    >/dev/null 2>"$CONTEXT.log"; then
+    cat "$CONTEXT.log" >&2
+    rm -f "$CONTEXT.log"
+    exit 1
+fi
+rm -f "$CONTEXT.log"
+# A rebuild leaves the previous image untagged: remove it unless a container uses it.
+CURRENT=$(docker image inspect -f '{{.Id}}' "$IMAGE")
+if [ -n "$PREVIOUS" ] && [ "$PREVIOUS" != "$CURRENT" ]; then
+    docker image rm "$PREVIOUS" >/dev/null 2>&1 || true
+fi
 echo "built $IMAGE from $BINARY"
