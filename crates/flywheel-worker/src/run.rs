@@ -287,6 +287,9 @@ struct Run<'a> {
     model: Option<ResolvedModel>,
 }
 
+/// Most log entries kept in memory while the store is unreachable.
+const MAX_UNSAVED_ENTRIES: usize = 10_000;
+
 /// Heartbeats a lease every third of its length until dropped (or until the
 /// lease is lost).
 struct KeepLeaseAlive(tokio::task::JoinHandle<()>);
@@ -518,6 +521,13 @@ impl Run<'_> {
                 // The store is unreachable for now (a database restart):
                 // the run goes on and the entries go with the next write.
                 warn!(error = %err, entries = all.entries.len(), "could not write progress; keeping it for the next write");
+                // A long outage must not grow the worker without bound: past
+                // the limit the oldest entries go (the counters stay).
+                if all.entries.len() > MAX_UNSAVED_ENTRIES {
+                    let surplus = all.entries.len() - MAX_UNSAVED_ENTRIES;
+                    all.entries.drain(..surplus);
+                    warn!(dropped = surplus, "the store has been unreachable too long: dropped the oldest log entries");
+                }
                 self.unsaved = all;
                 Ok(())
             }

@@ -100,7 +100,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "FLYWHEEL_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
     /// Lease of a claimed execution, in seconds; heartbeats renew it every
-    /// third. A node that dies loses its executions (worker_lost) within two.
+    /// third. A node that dies loses its executions (worker_lost) within two lease periods.
     #[arg(long, env = "FLYWHEEL_LEASE", default_value_t = 30)]
     pub lease_secs: u64,
     /// Keep each execution's work dir after it ends (for debugging).
@@ -122,7 +122,7 @@ pub struct WorkerArgs {
     /// CPUs of each container, e.g. 1.5 (0: no limit).
     #[arg(long, env = "FLYWHEEL_DOCKER_CPUS", default_value_t = 1.0)]
     pub docker_cpus: f64,
-    /// Most processes and threads in each container.
+    /// Most processes and threads in each container (0: no limit).
     #[arg(long, env = "FLYWHEEL_DOCKER_PIDS", default_value_t = 1024)]
     pub docker_pids: i64,
     /// Network of each container: bridge, none, host or a network's name.
@@ -360,7 +360,12 @@ fn find_chromium(configured: Option<&Path>) -> PathBuf {
 
 /// The dispatcher of this node, with its sandbox runtime, after cleaning
 /// up what a previous process on this data dir left behind.
-pub async fn dispatcher(node: &Node, args: &WorkerArgs) -> anyhow::Result<(Dispatcher, WorkerConfig)> {
+///
+/// A `dedicated` worker node that cannot start sandboxes refuses to start
+/// (it would claim executions only to fail them while other workers could
+/// run them); `flywheel serve` starts anyway and fails them with a
+/// `sandbox_error` that says what to install.
+pub async fn dispatcher(node: &Node, args: &WorkerArgs, dedicated: bool) -> anyhow::Result<(Dispatcher, WorkerConfig)> {
     let node_id = format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple());
     // Inside a container the browser is the image's, not this machine's.
     let chromium = match args.runtime.as_str() {
@@ -407,6 +412,12 @@ pub async fn dispatcher(node: &Node, args: &WorkerArgs) -> anyhow::Result<(Dispa
         }
     };
     if let Err(err) = runtime.probe().await {
+        if dedicated {
+            bail!(
+                "this worker cannot start {} sandboxes, so it does not join (it would fail every execution it claims): {err}",
+                runtime.name()
+            );
+        }
         warn!(
             runtime = runtime.name(),
             "sandboxes cannot start on this machine, so every execution will fail with sandbox_error: {err}"

@@ -63,6 +63,12 @@ pub fn main(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.no_workers && args.store.database_url.is_some() && args.store.artifacts.is_none() {
+        bail!(
+            "an API-only node serves the artifacts the worker nodes store: give every node the same \
+             --artifacts DIR (a directory they all mount) or --artifacts s3://BUCKET/PREFIX"
+        );
+    }
     let node = node::open(&args.store).await?;
     let store = node.store.clone();
     let new_key = ensure_api_key(store.as_ref(), &node.data_dir).await?;
@@ -75,7 +81,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
 
     let metrics = node::install_metrics_recorder()?;
-    let dispatcher = if args.no_workers { None } else { Some(node::dispatcher(&node, &args.worker).await?) };
+    let dispatcher = if args.no_workers { None } else { Some(node::dispatcher(&node, &args.worker, false).await?) };
 
     let app = Arc::new(App {
         store: store.clone(),
@@ -178,7 +184,14 @@ fn print_banner(url: &str, node: &Node, new_key: Option<&str>, args: &ServeArgs,
         None => match (std::fs::read_to_string(&key_file), args.show_key) {
             (Ok(key), true) => println!("  API key:    {}   (from {})", key.trim(), key_file.display()),
             (Ok(_), false) => println!("  API key:    in {}", key_file.display()),
-            (Err(_), _) => println!("  API key:    the one in FLYWHEEL_API_KEY"),
+            (Err(_), _) if std::env::var_os("FLYWHEEL_API_KEY").is_some() => {
+                println!("  API key:    the one in FLYWHEEL_API_KEY")
+            }
+            (Err(_), _) => {
+                println!(
+                    "  API key:    one this database already has (in the api-key file of the node that created it)"
+                )
+            }
         },
     }
     if args.load_examples {

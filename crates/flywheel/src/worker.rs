@@ -35,11 +35,20 @@ async fn work(args: WorkerNodeArgs) -> anyhow::Result<()> {
              with SQLite, `flywheel serve` runs the workers itself"
         );
     }
+    if args.store.artifacts.is_none() {
+        bail!(
+            "a worker node stores artifacts where the API nodes serve them: give every node the same \
+             --artifacts DIR (a directory they all mount) or --artifacts s3://BUCKET/PREFIX"
+        );
+    }
     let node = node::open(&args.store).await?;
-    let (dispatcher, config) = node::dispatcher(&node, &args.worker).await?;
+    let (dispatcher, config) = node::dispatcher(&node, &args.worker, true).await?;
     let dispatcher = dispatcher.spawn();
     info!(node = %config.node_id, max_concurrent = config.max_concurrent, data_dir = %node.data_dir.display(), "worker node running");
-    println!("worker {} running up to {} executions at once", config.node_id, config.max_concurrent);
+    println!(
+        "worker {} running up to {} executions at once ({} sandboxes)",
+        config.node_id, config.max_concurrent, args.worker.runtime
+    );
     node::shutdown_signal().await;
     info!(grace_secs = args.worker.shutdown_grace, "shutting down: no new executions are claimed");
     dispatcher.shutdown(Duration::from_secs(args.worker.shutdown_grace)).await;

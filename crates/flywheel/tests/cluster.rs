@@ -440,3 +440,37 @@ async fn cluster_two_thousand_executions_over_three_workers_none_run_twice() {
     let twice: Vec<_> = seen.iter().filter(|(_, times)| **times != 1).collect();
     assert!(twice.is_empty(), "executions that ran more than once: {twice:?}");
 }
+
+#[tokio::test]
+async fn cluster_nodes_that_could_not_do_their_part_refuse_to_start() {
+    let _serial = SERIAL.lock().await;
+    let database = postgres_server::fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(binary())
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path().join("node"))
+            .args(["--database-url", &database.url])
+            .env("FLYWHEEL_SECRETS_KEY", SECRETS_KEY)
+            .env("FLYWHEEL_API_KEY", KEY)
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run flywheel");
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let artifacts = dir.path().join("artifacts");
+    let artifacts = artifacts.to_str().unwrap();
+    // Artifacts each node would keep to itself.
+    let stderr = run(&["worker"]);
+    assert!(stderr.contains("give every node the same --artifacts"), "{stderr}");
+    let stderr = run(&["serve", "--no-workers", "--listen", "127.0.0.1:0"]);
+    assert!(stderr.contains("give every node the same --artifacts"), "{stderr}");
+    // A worker that could only fail what it claims.
+    let stderr =
+        run(&["worker", "--artifacts", artifacts, "--runtime", "docker", "--docker-image", "flywheel-no-such:image"]);
+    assert!(stderr.contains("this worker cannot start docker sandboxes, so it does not join"), "{stderr}");
+    assert!(stderr.contains("flywheel-no-such:image"), "{stderr}");
+}

@@ -170,7 +170,7 @@ async fn artifacts_live_in_the_bucket_and_downloads_redirect_to_presigned_urls()
 }
 
 #[tokio::test]
-async fn a_bucket_that_cannot_be_reached_stops_the_server_at_startup() {
+async fn a_bucket_that_cannot_be_used_stops_the_server_at_startup_saying_why() {
     let s3 = S3Server::start().await;
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(binary())
@@ -184,7 +184,25 @@ async fn a_bucket_that_cannot_be_reached_stops_the_server_at_startup() {
         .expect("run flywheel serve");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot reach the artifacts bucket s3://flywheel-artifacts/runs"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "cannot use the artifacts bucket s3://flywheel-artifacts/runs: the server refused the credentials"
+        ),
+        "{stderr}"
+    );
     assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "it says what to check: {stderr}");
     assert!(!stderr.contains("not-the-secret"), "the secret is not printed");
+    // A bucket that does not exist is named as such.
+    let out = Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--artifacts", "s3://no-such-bucket/runs"])
+        .env_remove("DATABASE_URL")
+        .envs(s3.env(SECRET_KEY))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run flywheel serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("there is no bucket no-such-bucket at that endpoint: create it first"), "{stderr}");
 }

@@ -33,6 +33,25 @@ pub struct S3ArtifactStore {
     prefix: String,
 }
 
+/// What a failed first request to the bucket most likely means, in one line.
+fn explain_bucket_error(bucket: &str, err: &object_store::Error) -> String {
+    let text = err.to_string();
+    let has = |needle: &str| text.contains(needle);
+    if has("NoSuchBucket") {
+        format!("there is no bucket {bucket} at that endpoint: create it first")
+    } else if has("SignatureDoesNotMatch") || has("InvalidAccessKeyId") || has("AccessDenied") || has("403") {
+        "the server refused the credentials: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".to_owned()
+    } else if has("builder error") {
+        "the request could not be made: a plain-HTTP AWS_ENDPOINT needs AWS_ALLOW_HTTP=true".to_owned()
+    } else {
+        let first_line: String = text.lines().next().unwrap_or_default().chars().take(300).collect();
+        format!(
+            "{first_line} (check AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+             and AWS_ALLOW_HTTP=true for a plain-HTTP endpoint)"
+        )
+    }
+}
+
 impl S3ArtifactStore {
     /// Connects to `s3://bucket[/prefix]` and checks that the bucket can be
     /// listed, so a wrong endpoint, bucket or key fails at startup, not at
@@ -47,12 +66,9 @@ impl S3ArtifactStore {
             .with_context(|| format!("could not configure the artifacts bucket {url}"))?;
         let store = S3ArtifactStore { s3: Arc::new(s3), prefix: prefix.trim_matches('/').to_owned() };
         let root = (!store.prefix.is_empty()).then(|| ObjectPath::from(store.prefix.as_str()));
-        store.s3.list_with_delimiter(root.as_ref()).await.with_context(|| {
-            format!(
-                "cannot reach the artifacts bucket {url}: check AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY (and AWS_ALLOW_HTTP=true for a plain-HTTP endpoint)"
-            )
-        })?;
+        if let Err(err) = store.s3.list_with_delimiter(root.as_ref()).await {
+            anyhow::bail!("cannot use the artifacts bucket {url}: {}", explain_bucket_error(bucket, &err));
+        }
         Ok(store)
     }
 
