@@ -37,6 +37,29 @@ impl Redactor {
         out
     }
 
+    /// Masks every secret in the bytes of a file; `None` when none occurs
+    /// (the common case: nothing is copied).
+    pub fn redact_bytes(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let contains = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+        if !self.secrets.iter().any(|s| contains(bytes, s.as_bytes())) {
+            return None;
+        }
+        let mut out = bytes.to_vec();
+        for secret in &self.secrets {
+            let needle = secret.as_bytes();
+            let mut masked = Vec::with_capacity(out.len());
+            let mut rest = &out[..];
+            while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+                masked.extend_from_slice(&rest[..at]);
+                masked.extend_from_slice(MASK.as_bytes());
+                rest = &rest[at + needle.len()..];
+            }
+            masked.extend_from_slice(rest);
+            out = masked;
+        }
+        Some(out)
+    }
+
     /// Masks secrets in every string (and key) of a JSON value.
     pub fn redact_value(&self, value: Value) -> Value {
         if self.secrets.is_empty() {
@@ -72,6 +95,13 @@ impl Redactor {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn masks_in_bytes_and_copies_nothing_when_clean() {
+        let r = Redactor::new(["hunter2".to_owned()]);
+        assert_eq!(r.redact_bytes(b"a hunter2 b hunter2").as_deref(), Some(&b"a *** b ***"[..]));
+        assert_eq!(r.redact_bytes(b"\x89PNG clean"), None);
+    }
 
     #[test]
     fn masks_in_text_values_and_json() {

@@ -592,6 +592,17 @@ impl Run<'_> {
         let meta =
             tokio::fs::symlink_metadata(&path).await.with_context(|| format!("no file {name} in the artifacts dir"))?;
         anyhow::ensure!(meta.file_type().is_file(), "{name} is not a regular file");
+        // A file the run wrote may hold a secret it used: mask it, like logs
+        // and outputs. Screenshots and the video are pixels, not text.
+        if !self.redactor.is_empty() && kind != "screenshot" && kind != "video" {
+            let bytes = tokio::fs::read(&path).await.with_context(|| format!("could not read {name}"))?;
+            if let Some(masked) = self.redactor.redact_bytes(&bytes) {
+                let size = masked.len() as u64;
+                self.deps.artifacts.put_bytes(self.lease.execution, name, Bytes::from(masked)).await?;
+                self.index_artifact(name, kind, size).await?;
+                return Ok(size);
+            }
+        }
         let size = self.deps.artifacts.put_file(self.lease.execution, name, &path).await?;
         self.index_artifact(name, kind, size).await?;
         Ok(size)

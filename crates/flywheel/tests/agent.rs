@@ -514,3 +514,19 @@ async fn a_missing_key_is_a_clear_error() {
     assert_eq!(e["error"]["code"], "agent_error");
     assert!(e["error"]["message"].as_str().unwrap().contains("ANTHROPIC_API_KEY is not set"), "{}", e["error"]);
 }
+
+#[tokio::test]
+async fn the_provider_key_never_reaches_the_sandbox() {
+    let fake = FakeProvider::start("/v1/messages", Vec::new()).await;
+    let server = anthropic_server(&fake, &[]).await;
+    // Everything a program in the sandbox could read the key from: its
+    // environment and every process's it can see.
+    let probe = format!(
+        "if env | grep -q '{ANTHROPIC_KEY}' || cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' | grep -q '{ANTHROPIC_KEY}'; \
+         then echo leaked; else echo clean; fi; env | grep -c ANTHROPIC || true"
+    );
+    server.workflow("Probe", json!({"steps": [{"shell": {"command": probe, "name": "probe"}}]})).await;
+    let e = server.wait_terminal(&id(&server.execute("probe", json!({})).await), Duration::from_secs(20)).await;
+    assert_eq!(e["status"], "completed", "{e:#}");
+    assert_eq!(e["output"]["probe"], "clean\n0", "{e:#}");
+}

@@ -325,6 +325,7 @@ async fn a_secret_is_typed_but_never_shown() {
                 {"evaluate": {"name": "typed", "script": "document.querySelector('#password').value"}},
                 {"evaluate": {"name": "length", "script": "document.querySelector('#password').value.length"}},
                 {"shell": {"command": "echo the password is {{ secrets.PORTAL_PASSWORD }}", "name": "echoed"}},
+                {"shell": "echo 'saved: {{ secrets.PORTAL_PASSWORD }}' > artifacts/notes.txt"},
             ]}),
         )
         .await;
@@ -351,9 +352,10 @@ async fn a_secret_is_typed_but_never_shown() {
     let events = tokio::time::timeout(Duration::from_secs(20), events).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut places = vec![("execution", e.to_string()), ("events", events)];
-    for name in ["logs.jsonl", "output.json"] {
+    for name in ["logs.jsonl", "output.json", "notes.txt"] {
         places.push((name, read_artifact(&server.data_dir, &id, name).await));
     }
+    assert_eq!(places.last().unwrap().1, "saved: ***\n", "a file the run wrote is masked too");
     for (place, text) in places {
         assert!(!text.contains(secret), "the secret leaked into {place}");
     }

@@ -119,6 +119,39 @@ async fn sign_in_sessions_and_csrf() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()["location"], "/workflows/real?saved=1");
+    // Every other form needs the token too, and a forged one changes nothing.
+    let done = server.wait_terminal(&id(&server.execute("real", json!({})).await), Duration::from_secs(20)).await;
+    let execution = id(&done);
+    let forged_paths = [
+        "/workflows/real".to_owned(),
+        "/workflows/real/delete".to_owned(),
+        "/workflows/real/execute".to_owned(),
+        format!("/executions/{execution}/retry"),
+        format!("/executions/{execution}/stop"),
+        "/logout".to_owned(),
+    ];
+    for path in &forged_paths {
+        let r = client
+            .post(format!("{}{path}", server.url))
+            .form(&[("name", "Forged"), ("specification", spec), ("input", "{}"), ("slug", ""), ("description", "")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "POST {path} without the CSRF token");
+    }
+    let real = server.get("/api/workflows/real").await;
+    assert_eq!((real["name"].as_str(), real["current_version"].as_i64()), (Some("Real"), Some(1)), "{real}");
+    assert_eq!(
+        server.get("/api/executions").await["items"].as_array().unwrap().len(),
+        1,
+        "nothing was executed or retried"
+    );
+    assert!(server.execution(&execution).await["retried_by"].is_null());
+    assert_eq!(
+        client.get(format!("{}/workflows", server.url)).send().await.unwrap().status(),
+        StatusCode::OK,
+        "still signed in"
+    );
     // Bad specifications come back with the reasons, and change nothing.
     let r = client
         .post(format!("{}/workflows", server.url))

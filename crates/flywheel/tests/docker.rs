@@ -24,6 +24,7 @@ report() { echo "$1=$2" >> /work/report.txt; }
 report hostname "$(hostname)"
 report memory "$(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"
 report pids "$(cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max)"
+report cpu "$(cat /sys/fs/cgroup/cpu.max 2>/dev/null || echo "$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)")"
 if touch /usr/flywheel-probe 2>/dev/null; then report root writable; else report root read-only; fi
 if touch /tmp/probe 2>/dev/null; then report tmp writable; else report tmp read-only; fi
 report caps "$(grep CapEff /proc/self/status | tr -d '\t' | cut -d: -f2)"
@@ -36,7 +37,17 @@ cat /work/report.txt
 async fn shell_and_browser_steps_run_in_a_limited_container() {
     let fixture = Fixture::start().await;
     // The host network, so the container reaches the fixture on 127.0.0.1.
-    let server = docker_server(&["--docker-network", "host", "--docker-memory", "1g", "--docker-pids", "512"]).await;
+    let server = docker_server(&[
+        "--docker-network",
+        "host",
+        "--docker-memory",
+        "1g",
+        "--docker-pids",
+        "512",
+        "--docker-cpus",
+        "0.5",
+    ])
+    .await;
     server
         .workflow(
             "In a container",
@@ -59,6 +70,7 @@ async fn shell_and_browser_steps_run_in_a_limited_container() {
     assert_eq!(facts["hostname"], "flywheel-sandbox", "{report}");
     assert_eq!(facts["memory"], (1u64 << 30).to_string(), "the memory limit: {report}");
     assert_eq!(facts["pids"], "512", "the pids limit: {report}");
+    assert_eq!(facts["cpu"], "50000 100000", "half a CPU: {report}");
     assert_eq!(facts["root"], "read-only", "{report}");
     assert_eq!(facts["tmp"], "writable", "{report}");
     assert_eq!(facts["caps"], "0000000000000000", "no capabilities: {report}");
