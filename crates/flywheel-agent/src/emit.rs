@@ -29,8 +29,11 @@ impl Emitter {
     /// Writes one event as a line. A closed stdout means the worker is gone;
     /// there is nobody left to tell, so the error is ignored.
     pub fn send(&self, event: &AgentEvent) {
-        let Ok(line) = serde_json::to_string(event) else { return };
-        let line = self.redactor.redact_json_text(&line);
+        let Ok(mut line) = serde_json::to_string(event) else { return };
+        // Model requests carry megabytes of screenshots: no copy without secrets.
+        if !self.redactor.is_empty() {
+            line = self.redactor.redact_json_text(&line);
+        }
         if let Ok(mut out) = self.out.lock() {
             let _ = writeln!(out, "{line}");
             let _ = out.flush();

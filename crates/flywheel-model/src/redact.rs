@@ -12,6 +12,9 @@ pub const MASK: &str = "***";
 pub struct Redactor {
     /// Longest first, so a secret that contains another is masked whole.
     secrets: Vec<String>,
+    /// The same secrets as they appear inside a JSON string (escaped), when
+    /// that differs from the raw form.
+    escaped: Vec<String>,
 }
 
 impl Redactor {
@@ -19,7 +22,12 @@ impl Redactor {
         let mut secrets: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
-        Redactor { secrets }
+        let escaped = secrets
+            .iter()
+            .map(|s| serde_json::to_string(s).unwrap_or_default().trim_matches('"').to_owned())
+            .filter(|e| !e.is_empty())
+            .collect();
+        Redactor { secrets, escaped }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,13 +86,9 @@ impl Redactor {
     /// Masks secrets in serialized JSON, in their raw and JSON-escaped forms.
     pub fn redact_json_text(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for secret in &self.secrets {
-            let escaped = serde_json::to_string(secret).unwrap_or_default();
-            let escaped = escaped.trim_matches('"');
-            for form in [escaped, secret.as_str()] {
-                if !form.is_empty() && out.contains(form) {
-                    out = out.replace(form, MASK);
-                }
+        for form in self.escaped.iter().chain(&self.secrets) {
+            if out.contains(form.as_str()) {
+                out = out.replace(form.as_str(), MASK);
             }
         }
         out

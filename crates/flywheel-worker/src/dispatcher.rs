@@ -8,6 +8,7 @@ use crate::runtime::Runtime;
 use crate::signals::{Signals, StopReason};
 use anyhow::Context;
 use flywheel_model::time::now_ms;
+use flywheel_store::records::FinishOutcome;
 use flywheel_store::secrets::SecretCipher;
 use flywheel_store::{ArtifactStore, Store};
 use std::path::PathBuf;
@@ -97,10 +98,7 @@ impl Dispatcher {
             .reap_lost_executions(now_ms(), orphans_of_others)
             .await
             .context("reaping lost executions")?;
-        for outcome in &reaped {
-            warn!(execution = %outcome.record.uuid, retry = ?outcome.retry, "execution was running when the previous process died: worker_lost");
-            self.deps.signals.log_appended(outcome.record.uuid);
-        }
+        announce_reaped(&self.deps, &reaped, "execution was running when the previous process died");
         // Work dirs of a previous process on this data dir (the data dir
         // lock makes them nobody else's): they hold job files with secrets.
         if let Ok(mut entries) = tokio::fs::read_dir(&config.work_root).await {
@@ -180,20 +178,25 @@ async fn claim_loop(deps: Arc<RunDeps>, stop_claiming: CancellationToken, tracke
     info!("stopped claiming executions");
 }
 
+/// Tells listeners about executions the reaper failed (and counts the
+/// retries it created).
+fn announce_reaped(deps: &RunDeps, reaped: &[FinishOutcome], why: &str) {
+    for outcome in reaped {
+        warn!(execution = %outcome.record.uuid, retry = ?outcome.retry, "{why}: worker_lost");
+        if outcome.retry.is_some() {
+            metrics::counter!("flywheel_executions_created_total").increment(1);
+        }
+        deps.signals.log_appended(outcome.record.uuid);
+    }
+}
+
 async fn reap_expired(deps: &RunDeps) {
     match deps.store.reap_lost_executions(now_ms(), None).await {
-        Ok(reaped) => {
-            for outcome in reaped {
-                warn!(execution = %outcome.record.uuid, retry = ?outcome.retry, "lease expired: worker_lost");
-                if outcome.retry.is_some() {
-                    metrics::counter!("flywheel_executions_created_total").increment(1);
-                }
-                deps.signals.log_appended(outcome.record.uuid);
-            }
-        }
+        Ok(reaped) => announce_reaped(deps, &reaped, "lease expired"),
         Err(err) => error!(error = %err, "the reaper failed"),
     }
-    match deps.runtime.reconcile(deps.store.as_ref()).await {
+    let running_here = deps.signals.running_executions();
+    match deps.runtime.reconcile(deps.store.as_ref(), &running_here).await {
         Ok(0) => {}
         Ok(removed) => info!(removed, runtime = deps.runtime.name(), "removed sandboxes of executions that ended"),
         Err(err) => warn!(error = %format!("{err:#}"), "could not reconcile sandboxes"),

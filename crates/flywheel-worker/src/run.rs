@@ -19,7 +19,7 @@ use flywheel_model::protocol::{AgentEvent, AgentJob, BrowserJob, Job, WorkerMess
 use flywheel_model::redact::Redactor;
 use flywheel_model::time::{now_ms, rfc3339};
 use flywheel_model::{ErrorCode, ExecutionError, Specification};
-use flywheel_store::artifacts::is_safe_name;
+use flywheel_store::artifacts::{content_type_for, is_safe_name};
 use flywheel_store::records::{ClaimedExecution, Finish, Lease, NewArtifact, Progress};
 use flywheel_store::secrets::SecretCipher;
 use flywheel_store::{ArtifactStore, Store, StoreError};
@@ -139,25 +139,22 @@ async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path
 }
 
 /// The browser part of a job, when the specification needs a screen.
-fn browser_job(specification: &serde_json::Value, settings: &BrowserSettings) -> anyhow::Result<Option<BrowserJob>> {
-    let spec = Specification::parse(specification)
-        .map_err(|errors| anyhow::anyhow!("the stored specification no longer parses: {errors:?}"))?
-        .spec;
+fn browser_job(spec: &Specification, settings: &BrowserSettings) -> Option<BrowserJob> {
     if !spec.needs_browser() {
-        return Ok(None);
+        return None;
     }
     let mut allowlist = spec.url_allowlist.clone();
     if spec.use_global_allowlist {
         allowlist.extend(settings.global_allowlist.iter().cloned());
     }
-    Ok(Some(BrowserJob {
+    Some(BrowserJob {
         executable: settings.executable.to_string_lossy().into_owned(),
         viewport_width: settings.viewport_width,
         viewport_height: settings.viewport_height,
         allowlist,
         record_video: spec.record_video,
         screenshot_every_action: spec.screenshot_every_action,
-    }))
+    })
 }
 
 /// Names of the secrets a specification uses (`secrets.NAME`, `secrets["NAME"]`).
@@ -233,7 +230,7 @@ async fn build_job(deps: &RunDeps, claimed: &ClaimedExecution) -> Result<Prepare
         input: record.input_payload.clone(),
         artifacts_dir: SANDBOX_ARTIFACTS_DIR.to_owned(),
         secrets,
-        browser: browser_job(&claimed.specification, &deps.config.browser).map_err(internal)?,
+        browser: browser_job(&spec, &deps.config.browser),
         agent,
     };
     Ok(Prepared { job, redactor, model })
@@ -774,8 +771,6 @@ async fn drain_stderr<R: tokio::io::AsyncBufRead + Unpin>(stderr: &mut Lines<R>,
     })
     .await;
 }
-
-pub use flywheel_store::artifacts::content_type_for;
 
 #[cfg(test)]
 mod tests {

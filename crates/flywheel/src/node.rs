@@ -51,6 +51,20 @@ pub struct StoreArgs {
     pub sqlite_durability: Durability,
 }
 
+impl StoreArgs {
+    /// A node that shares its work with others must name where the
+    /// artifacts all of them reach are (its own data dir is its own).
+    pub fn require_shared_artifacts(&self, why: &str) -> anyhow::Result<()> {
+        if self.artifacts.is_none() {
+            bail!(
+                "{why}: give every node the same --artifacts DIR (a directory they all mount) \
+                 or --artifacts s3://BUCKET/PREFIX"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// How this node runs executions.
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {

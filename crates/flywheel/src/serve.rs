@@ -63,11 +63,8 @@ pub fn main(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if args.no_workers && args.store.database_url.is_some() && args.store.artifacts.is_none() {
-        bail!(
-            "an API-only node serves the artifacts the worker nodes store: give every node the same \
-             --artifacts DIR (a directory they all mount) or --artifacts s3://BUCKET/PREFIX"
-        );
+    if args.no_workers && args.store.database_url.is_some() {
+        args.store.require_shared_artifacts("an API-only node serves the artifacts the worker nodes store")?;
     }
     let node = node::open(&args.store).await?;
     let store = node.store.clone();

@@ -35,12 +35,7 @@ async fn work(args: WorkerNodeArgs) -> anyhow::Result<()> {
              with SQLite, `flywheel serve` runs the workers itself"
         );
     }
-    if args.store.artifacts.is_none() {
-        bail!(
-            "a worker node stores artifacts where the API nodes serve them: give every node the same \
-             --artifacts DIR (a directory they all mount) or --artifacts s3://BUCKET/PREFIX"
-        );
-    }
+    args.store.require_shared_artifacts("a worker node stores artifacts where the API nodes serve them")?;
     let node = node::open(&args.store).await?;
     let (dispatcher, config) = node::dispatcher(&node, &args.worker, true).await?;
     let dispatcher = dispatcher.spawn();

@@ -45,7 +45,7 @@ async fn shell_and_browser_steps_run_in_a_limited_container() {
         "--docker-pids",
         "512",
         "--docker-cpus",
-        "0.5",
+        "1.5",
     ])
     .await;
     server
@@ -70,7 +70,7 @@ async fn shell_and_browser_steps_run_in_a_limited_container() {
     assert_eq!(facts["hostname"], "flywheel-sandbox", "{report}");
     assert_eq!(facts["memory"], (1u64 << 30).to_string(), "the memory limit: {report}");
     assert_eq!(facts["pids"], "512", "the pids limit: {report}");
-    assert_eq!(facts["cpu"], "50000 100000", "half a CPU: {report}");
+    assert_eq!(facts["cpu"], "150000 100000", "one and a half CPUs: {report}");
     assert_eq!(facts["root"], "read-only", "{report}");
     assert_eq!(facts["tmp"], "writable", "{report}");
     assert_eq!(facts["caps"], "0000000000000000", "no capabilities: {report}");

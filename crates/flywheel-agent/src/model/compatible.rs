@@ -5,7 +5,7 @@
 
 use super::transport::ModelClient;
 use super::{
-    keep_newest_images, secrets_note, Button, Call, CallResult, ComputerAction, Display, Model, ModelError, Screen,
+    keep_newest_images, secrets_note, xy, Button, Call, CallResult, ComputerAction, Display, Model, ModelError, Screen,
     Turn,
 };
 use async_trait::async_trait;
@@ -121,13 +121,6 @@ fn parse_reply(content: &str) -> Result<Value, String> {
         return Err("the answer has no \"action\" object".into());
     }
     Ok(value)
-}
-
-fn xy(action: &Value) -> Result<(f64, f64), String> {
-    match (action["x"].as_f64(), action["y"].as_f64()) {
-        (Some(x), Some(y)) => Ok((x, y)),
-        _ => Err(format!("{} needs x and y", action["type"].as_str().unwrap_or("the action"))),
-    }
 }
 
 fn parse_action(action: &Value) -> Result<ComputerAction, String> {

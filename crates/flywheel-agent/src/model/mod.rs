@@ -259,6 +259,15 @@ pub fn new_model(
 }
 
 /// Text that tells the model about the secrets it may type.
+/// The `x` and `y` of an action given as JSON fields (OpenAI's and the
+/// OpenAI-compatible schema's shape).
+pub fn xy(action: &Value) -> Result<(f64, f64), String> {
+    match (action["x"].as_f64(), action["y"].as_f64()) {
+        (Some(x), Some(y)) => Ok((x, y)),
+        _ => Err(format!("{} needs x and y", action["type"].as_str().unwrap_or("the action"))),
+    }
+}
+
 pub fn secrets_note(secret_names: &[String]) -> Option<String> {
     if secret_names.is_empty() {
         return None;

@@ -7,8 +7,8 @@
 
 use super::transport::ModelClient;
 use super::{
-    secrets_note, type_secret_parameters, Button, Call, CallResult, ComputerAction, Display, Model, ModelError, Screen,
-    Turn,
+    secrets_note, type_secret_parameters, xy, Button, Call, CallResult, ComputerAction, Display, Model, ModelError,
+    Screen, Turn,
 };
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -123,13 +123,6 @@ impl OpenAi {
         let text = texts.join("\n").trim().to_owned();
         turn.text = (!text.is_empty()).then_some(text);
         Ok(turn)
-    }
-}
-
-fn xy(action: &Value) -> Result<(f64, f64), String> {
-    match (action["x"].as_f64(), action["y"].as_f64()) {
-        (Some(x), Some(y)) => Ok((x, y)),
-        _ => Err(format!("{} needs x and y", action["type"].as_str().unwrap_or("the action"))),
     }
 }
 

@@ -64,10 +64,6 @@ impl ModelClient {
         }
     }
 
-    pub fn provider(&self) -> &str {
-        &self.provider
-    }
-
     async fn post_once(&self, path: &str, headers: &BTreeMap<String, String>, body: &Value) -> WorkerMessage {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();

@@ -107,17 +107,8 @@ impl BubblewrapRuntime {
         if self.config.isolate_network {
             args.push("--unshare-net".into());
         }
-        for (key, value) in [
-            ("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"),
-            ("HOME", SANDBOX_WORK_DIR),
-            ("TMPDIR", "/tmp"),
-            ("LANG", "C.UTF-8"),
-            ("FLYWHEEL_EXECUTION", execution),
-            // The agent starts once per execution: committing mimalloc's
-            // arena up front costs it ~1.6 ms of page zeroing for nothing.
-            ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
-        ] {
-            args.extend(["--setenv".into(), key.into(), value.into()]);
+        for (key, value) in super::sandbox_env(execution) {
+            args.extend(["--setenv".into(), key.into(), value]);
         }
         for dir in SYSTEM_DIRS {
             let path = Path::new(dir);

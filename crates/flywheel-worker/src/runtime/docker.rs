@@ -92,14 +92,7 @@ impl DockerRuntime {
             (LABEL_EXECUTION.to_owned(), execution.clone()),
             (LABEL_NODE.to_owned(), self.config.node_id.clone()),
         ]);
-        let env = [
-            "PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin".to_owned(),
-            format!("HOME={SANDBOX_WORK_DIR}"),
-            "TMPDIR=/tmp".to_owned(),
-            "LANG=C.UTF-8".to_owned(),
-            format!("FLYWHEEL_EXECUTION={execution}"),
-            "MIMALLOC_ARENA_EAGER_COMMIT=0".to_owned(),
-        ];
+        let env: Vec<String> = super::sandbox_env(&execution).iter().map(|(k, v)| format!("{k}={v}")).collect();
         let tmpfs_size = self.config.tmpfs_bytes.max(16 << 20);
         let (uid, gid) = container_user();
         let host_config = HostConfig {
@@ -121,7 +114,7 @@ impl DockerRuntime {
             image: Some(self.config.image.clone()),
             entrypoint: Some(vec![self.config.agent_path.clone()]),
             cmd: Some(vec!["agent".to_owned(), "--job".to_owned(), SANDBOX_JOB_FILE.to_owned()]),
-            env: Some(env.to_vec()),
+            env: Some(env),
             labels: Some(labels),
             user: Some(format!("{uid}:{gid}")),
             working_dir: Some(SANDBOX_WORK_DIR.to_owned()),
@@ -141,7 +134,7 @@ impl DockerRuntime {
     /// Removes every Flywheel container whose execution is not running (it
     /// ended, was deleted, or its node died and the reaper failed it).
     /// Returns how many were removed.
-    async fn remove_stale_containers(&self, store: &dyn Store) -> anyhow::Result<usize> {
+    async fn remove_stale_containers(&self, store: &dyn Store, running_here: &[Uuid]) -> anyhow::Result<usize> {
         let filters = HashMap::from([(
             "label".to_owned(),
             vec![format!("{LABEL_MANAGED}=true"), format!("{LABEL_DEPLOYMENT}={}", self.config.deployment)],
@@ -154,6 +147,7 @@ impl DockerRuntime {
             let execution =
                 container.labels.as_ref().and_then(|l| l.get(LABEL_EXECUTION)).and_then(|e| Uuid::parse_str(e).ok());
             let running = match execution {
+                Some(execution) if running_here.contains(&execution) => true,
                 Some(execution) => match store.get_execution(execution).await {
                     Ok(record) => record.status.is_active_on_worker(),
                     Err(flywheel_store::StoreError::NotFound(_)) => false,
@@ -258,8 +252,8 @@ impl Runtime for DockerRuntime {
         })
     }
 
-    async fn reconcile(&self, store: &dyn Store) -> anyhow::Result<usize> {
-        self.remove_stale_containers(store).await
+    async fn reconcile(&self, store: &dyn Store, running_here: &[Uuid]) -> anyhow::Result<usize> {
+        self.remove_stale_containers(store, running_here).await
     }
 
     fn diagnose_early_exit(&self, stderr: &str, exit_code: Option<i32>) -> String {
@@ -332,17 +326,16 @@ impl SandboxControl for DockerControl {
     }
 
     async fn wait(&mut self) -> Option<i32> {
-        let code = if self.removed {
-            None
-        } else {
-            let mut wait = self.docker.wait_container(&self.id, None::<WaitContainerOptions>);
-            match wait.next().await {
-                Some(Ok(response)) => Some(response.status_code as i32),
-                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code as i32),
-                _ => None,
-            }
-        };
-        self.kill().await;
-        code
+        if self.removed {
+            return None;
+        }
+        // Waiting does not remove the container: the worker kills (and so
+        // removes) every sandbox once it has ended.
+        let mut wait = self.docker.wait_container(&self.id, None::<WaitContainerOptions>);
+        match wait.next().await {
+            Some(Ok(response)) => Some(response.status_code as i32),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code as i32),
+            _ => None,
+        }
     }
 }
