@@ -1,5 +1,6 @@
-//! Writing events: one JSON line per [`AgentEvent`] on stdout, with every
-//! secret value masked before it leaves the agent.
+//! Writing events: one JSON line per [`AgentEvent`] on the channel to the
+//! worker, cut to size ([`AgentEvent::bounded`]) and with every secret
+//! value masked before it leaves the agent.
 
 use flywheel_model::protocol::AgentEvent;
 use flywheel_model::redact::Redactor;
@@ -17,18 +18,21 @@ pub struct Emitter {
 }
 
 impl Emitter {
-    /// Writes to the process's stdout.
-    pub fn stdout(secrets: Vec<String>) -> Emitter {
-        Emitter::to_writer(Box::new(std::io::stdout()), secrets)
-    }
-
     pub fn to_writer(out: Box<dyn Write + Send>, secrets: Vec<String>) -> Emitter {
         Emitter { out: Arc::new(Mutex::new(out)), redactor: Arc::new(Redactor::new(secrets)) }
     }
 
-    /// Writes one event as a line. A closed stdout means the worker is gone;
-    /// there is nobody left to tell, so the error is ignored.
+    /// Writes one event as a line. A closed channel means the worker is
+    /// gone; there is nobody left to tell, so the error is ignored.
     pub fn send(&self, event: &AgentEvent) {
+        // Model requests are bounded by the transport (and not copied here).
+        let bounded;
+        let event = if matches!(event, AgentEvent::ModelRequest { .. }) {
+            event
+        } else {
+            bounded = event.clone().bounded();
+            &bounded
+        };
         let Ok(mut line) = serde_json::to_string(event) else { return };
         // Model requests carry megabytes of screenshots: no copy without secrets.
         if !self.redactor.is_empty() {

@@ -11,16 +11,18 @@
 
 pub mod browser;
 pub mod computer_use;
+pub mod egress;
 pub mod emit;
 pub mod model;
+pub mod shell_template;
 pub mod steps;
 pub mod template;
 
 use anyhow::Context;
-use browser::allowlist::Allowlist;
 use browser::{Browser, BrowserOptions};
 use emit::Emitter;
-use flywheel_model::protocol::{AgentEvent, AgentJob, BrowserJob, Job};
+use flywheel_model::allowlist::Allowlist;
+use flywheel_model::protocol::{AgentEvent, AgentJob, BrowserJob, Job, SANDBOX_AGENT_SOCKET};
 use flywheel_model::{ErrorCode, Specification, Step};
 use model::transport::ModelClient;
 use serde_json::{Map, Value};
@@ -57,6 +59,11 @@ pub struct RunContext {
     pub acknowledge_safety_checks: bool,
     /// Cap on agent turns (`max_steps`).
     pub max_steps: u32,
+    /// Where the run may connect (checked by `http` steps and the browser;
+    /// the egress proxy checks everything again).
+    pub allowlist: Allowlist,
+    /// The egress proxy's URL, when the sandbox's only way out is the proxy.
+    pub proxy: Option<String>,
 }
 
 impl RunContext {
@@ -86,41 +93,62 @@ impl RunContext {
 /// Runs the job at `job_path` to the end, as the sandbox's `flywheel agent`.
 /// Returns whether it succeeded.
 ///
-/// The worker holds the agent's stdin open for the whole run (it answers
-/// model requests there). When stdin closes, the worker is gone (it died,
-/// or its node did), and the run ends at once: a container, unlike a
+/// The worker holds the agent's channel open for the whole run (it answers
+/// model requests there). When it closes, the worker is gone (it died, or
+/// its node did), and the run ends at once: a container, unlike a
 /// bubblewrap sandbox, does not die with the worker on its own, and nothing
 /// may keep acting for an execution that another node will retry.
 pub async fn run_job_file(job_path: &Path) -> anyhow::Result<bool> {
+    // First of all: no other process of the sandbox (a step runs as the same
+    // user) may read this process's memory or open its channel to the
+    // worker through /proc.
+    nix::sys::prctl::set_dumpable(false).context("could not make the agent undumpable")?;
+    let channel = std::os::unix::net::UnixStream::connect(SANDBOX_AGENT_SOCKET)
+        .with_context(|| format!("could not connect to the worker at {SANDBOX_AGENT_SOCKET}"))?;
     let text = std::fs::read_to_string(job_path)
         .with_context(|| format!("could not read the job file {}", job_path.display()))?;
     let job: Job = serde_json::from_str(&text)
         .with_context(|| format!("the job file {} is not a valid job", job_path.display()))?;
     let work_dir = job_path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let answers = channel.try_clone().context("could not share the channel to the worker")?;
     let (mut to_model, from_worker) = tokio::io::duplex(64 << 10);
-    tokio::spawn(async move {
+    let runtime = tokio::runtime::Handle::current();
+    // The channel stays blocking (events are written from any task, in
+    // order): its answers are read on a thread of their own.
+    std::thread::spawn(move || {
+        use std::io::Read;
         use tokio::io::AsyncWriteExt;
-        let mut stdin = tokio::io::stdin();
-        let _ = tokio::io::copy(&mut stdin, &mut to_model).await;
-        let _ = to_model.shutdown().await;
-        eprintln!("flywheel agent: the worker is gone (stdin closed); ending the run");
+        let mut answers = answers;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match answers.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if runtime.block_on(to_model.write_all(&buf[..n])).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        eprintln!("flywheel agent: the worker is gone (its channel closed); ending the run");
         std::process::exit(EXIT_WORKER_GONE);
     });
-    Ok(run_job(job, work_dir, from_worker).await)
+    Ok(run_job(job, work_dir, Box::new(channel), from_worker).await)
 }
 
 /// The agent's exit status when its worker went away mid-run.
 pub const EXIT_WORKER_GONE: i32 = 75;
 
-/// Runs a job, emitting its events; model answers come from `from_worker`.
-/// Returns whether it succeeded.
+/// Runs a job, emitting its events to `events`; model answers come from
+/// `from_worker`. Returns whether it succeeded.
 pub async fn run_job(
     job: Job,
     work_dir: PathBuf,
+    events: Box<dyn std::io::Write + Send>,
     from_worker: impl tokio::io::AsyncRead + Send + Unpin + 'static,
 ) -> bool {
     let secrets: Map<String, Value> = job.secrets.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    let emitter = Emitter::stdout(job.secrets.values().cloned().collect());
+    let emitter = Emitter::to_writer(events, job.secrets.values().cloned().collect());
     emitter.send(&AgentEvent::Started { agent_version: env!("CARGO_PKG_VERSION").to_owned() });
     let artifacts_dir = PathBuf::from(&job.artifacts_dir);
     if let Err(err) = std::fs::create_dir_all(&artifacts_dir) {
@@ -139,6 +167,18 @@ pub async fn run_job(
         }
     };
     let raw_steps = job.specification.get("steps").and_then(Value::as_array).cloned().unwrap_or_default();
+    let allowlist = match Allowlist::new(&job.url_allowlist) {
+        Ok(allowlist) => allowlist,
+        Err(err) => return fail(&emitter, ErrorCode::InvalidInput, err, None),
+    };
+    let proxy = if job.egress_proxy {
+        if let Err(err) = egress::start_forwarder().await {
+            return fail(&emitter, ErrorCode::SandboxError, format!("could not reach the egress proxy: {err}"), None);
+        }
+        Some(egress::proxy_url())
+    } else {
+        None
+    };
     let emitter_for_model = emitter.clone();
     let mut ctx = RunContext {
         emitter,
@@ -158,6 +198,8 @@ pub async fn run_job(
         agent: job.agent.clone(),
         acknowledge_safety_checks: parsed.spec.acknowledge_safety_checks,
         max_steps: parsed.spec.max_steps,
+        allowlist,
+        proxy,
     };
     if let Some(browser_job) = &job.browser {
         if let Err(message) = start_browser(&mut ctx, browser_job, &parsed.spec).await {
@@ -178,12 +220,12 @@ async fn start_browser(
     job: &BrowserJob,
     spec: &Specification,
 ) -> Result<(), (ErrorCode, String)> {
-    let allowlist = Allowlist::new(&job.allowlist).map_err(|e| (ErrorCode::AgentError, e))?;
     let options = BrowserOptions {
         executable: PathBuf::from(&job.executable),
         width: job.viewport_width,
         height: job.viewport_height,
-        allowlist,
+        allowlist: ctx.allowlist.clone(),
+        proxy: ctx.proxy.clone(),
         // Encoded in scratch space and moved to the artifacts only when
         // complete: a run that is killed leaves no unplayable half file.
         video: job.record_video.then(|| std::env::temp_dir().join(VIDEO_ARTIFACT)),
@@ -254,7 +296,7 @@ fn prepare_step(ctx: &RunContext, raw: &Value) -> Result<Step, String> {
     // What a model reads must never hold a secret's value: in an agent step,
     // `{{ secrets.NAME }}` becomes a reference the model can type by name.
     let secrets = if raw.get("agent").is_some() { secret_references(&ctx.secrets) } else { ctx.secrets.clone() };
-    let rendered = template::render_value(raw, &ctx.input, &ctx.vars, &secrets).map_err(|e| e.to_string())?;
+    let rendered = template::render_step(raw, &ctx.input, &ctx.vars, &secrets).map_err(|e| e.to_string())?;
     Step::parse(&rendered).map(|(step, _)| step).map_err(|e| e.to_string())
 }
 
@@ -339,6 +381,12 @@ async fn run_step_list(ctx: &mut RunContext, raw_steps: &[Value]) -> bool {
                 code = failure.code;
             }
         }
+        // A step that failed because /tmp filled up hit a limit of the
+        // sandbox: that is what the run's error says.
+        let limit = result.as_ref().err().and_then(|_| full_tmp());
+        if limit.is_some() {
+            code = ErrorCode::SandboxError;
+        }
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(()) => ctx.emitter.send(&AgentEvent::StepFinished { index, ok: true, duration_ms, error: None }),
@@ -377,17 +425,27 @@ async fn run_step_list(ctx: &mut RunContext, raw_steps: &[Value]) -> bool {
                         Some(index),
                     );
                 } else {
-                    ctx.emitter.send(&AgentEvent::Error {
-                        code,
-                        message: format!("step {} ({label}) failed: {message}", index + 1),
-                        step: Some(index),
-                    });
+                    let message = match &limit {
+                        Some(limit) => format!("{limit} (step {} ({label}) failed: {message})", index + 1),
+                        None => format!("step {} ({label}) failed: {message}", index + 1),
+                    };
+                    ctx.emitter.send(&AgentEvent::Error { code, message, step: Some(index) });
                     return false;
                 }
             }
         }
     }
     true
+}
+
+/// A sentence when the sandbox's `/tmp` (a tmpfs of the disk limit's size)
+/// is full.
+fn full_tmp() -> Option<String> {
+    let stat = nix::sys::statvfs::statvfs("/tmp").ok()?;
+    let block = stat.fragment_size() as u64;
+    let (size, free) = (stat.blocks() as u64 * block, stat.blocks_available() as u64 * block);
+    (size > 0 && free < 1024 * 1024)
+        .then(|| format!("the sandbox's /tmp is full: it holds at most {} MiB (--sandbox-disk)", size / (1024 * 1024)))
 }
 
 fn step_label_from_raw(raw: &Value) -> String {

@@ -6,18 +6,29 @@
 //! else renders to a string. Using an undefined value is an error that names
 //! it, rather than silently producing an empty string; `| default(...)`
 //! opts out.
+//!
+//! A `shell` command is rendered by [`render_step`] so that every value in
+//! it is quoted for where it lands (see [`crate::shell_template`]);
+//! `| raw` inserts a value as code. Every template is checked against
+//! [`flywheel_model::template::check_bounds`] before it is parsed.
 
+use crate::shell_template;
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::{Map, Value};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// An environment with Flywheel's rules: undefined values are errors, and
+/// `| raw` marks a value to be inserted as it is.
+fn new_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+    env.add_filter("raw", |value: minijinja::Value| minijinja::Value::from_safe_string(value.to_string()));
+    env
+}
 
 fn environment() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
-        env
-    })
+    ENV.get_or_init(new_environment)
 }
 
 /// A template that could not be rendered.
@@ -34,6 +45,66 @@ impl std::fmt::Display for TemplateError {
 }
 
 impl std::error::Error for TemplateError {}
+
+/// Renders a raw step: a `shell` step's command with every value quoted
+/// for the shell, everything else like [`render_value`].
+pub fn render_step(
+    raw: &Value,
+    input: &Value,
+    vars: &Map<String, Value>,
+    secrets: &Map<String, Value>,
+) -> Result<Value, TemplateError> {
+    fn command_slot(step: &mut Value) -> Option<&mut Value> {
+        match step.get_mut("shell")? {
+            slot @ Value::String(_) => Some(slot),
+            Value::Object(body) => body.get_mut("command"),
+            _ => None,
+        }
+    }
+    let mut raw = raw.clone();
+    let command = command_slot(&mut raw).and_then(|slot| match std::mem::replace(slot, Value::String(String::new())) {
+        Value::String(command) => Some(command),
+        other => {
+            *slot = other;
+            None
+        }
+    });
+    let mut rendered = render_value(&raw, input, vars, secrets)?;
+    if let (Some(command), Some(slot)) = (command, command_slot(&mut rendered)) {
+        let ctx = serde_json::json!({"input": input, "vars": vars, "secrets": secrets});
+        *slot = Value::String(render_shell(&command, &ctx)?);
+    }
+    Ok(rendered)
+}
+
+/// Renders a shell command: values become placeholders, then go back in
+/// quoted for their context.
+fn render_shell(command: &str, ctx: &Value) -> Result<String, TemplateError> {
+    if !flywheel_model::template::is_template(command) {
+        return Ok(command.to_owned());
+    }
+    let fail = |message: String| TemplateError { template: command.to_owned(), message };
+    flywheel_model::template::check_bounds(command).map_err(fail)?;
+    let nonce = {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new().build_hasher().finish()
+    };
+    let values: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut env = new_environment();
+    let seen = values.clone();
+    env.set_formatter(move |out, state, value| {
+        if value.is_safe() {
+            return minijinja::escape_formatter(out, state, value);
+        }
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.push(value.to_string());
+        out.write_str(&shell_template::placeholder(nonce, seen.len() - 1))
+            .map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "could not write"))
+    });
+    let rendered = env.render_str(command, ctx).map_err(|e| fail(describe(&e)))?;
+    let values = values.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    shell_template::quote_values(&rendered, nonce, &values).map_err(fail)
+}
 
 /// Renders every string inside `value`.
 pub fn render_value(
@@ -58,9 +129,10 @@ fn render_in(value: &Value, ctx: &Value) -> Result<Value, TemplateError> {
 }
 
 fn render_string(s: &str, ctx: &Value) -> Result<Value, TemplateError> {
-    if !s.contains("{{") && !s.contains("{%") {
+    if !flywheel_model::template::is_template(s) {
         return Ok(Value::String(s.to_owned()));
     }
+    flywheel_model::template::check_bounds(s).map_err(|message| TemplateError { template: s.to_owned(), message })?;
     let error = |e: minijinja::Error| TemplateError { template: s.to_owned(), message: describe(&e) };
     if let Some(expr) = single_expression(s) {
         let value = environment().compile_expression(expr).map_err(error)?.eval(ctx).map_err(error)?;
@@ -127,5 +199,26 @@ mod tests {
     #[test]
     fn syntax_errors_are_reported() {
         assert!(render(json!("{{ input.name ")).is_err());
+        let deep = format!("{{{{ {}1 }}}}", "-".repeat(10_000));
+        assert!(render(json!(deep)).unwrap_err().message.contains("at most"));
+    }
+
+    #[test]
+    fn shell_commands_quote_their_values() {
+        let vars = Map::new();
+        let secrets = json!({"TOKEN": "a b"}).as_object().unwrap().clone();
+        let input = json!({"name": "x'; id; echo '", "cmd": "ls -la"});
+        let step = |raw: Value| render_step(&raw, &input, &vars, &secrets).unwrap();
+        assert_eq!(step(json!({"shell": "echo '{{ input.name }}'"})), json!({"shell": r"echo 'x'\''; id; echo '\'''"}));
+        assert_eq!(
+            step(
+                json!({"shell": {"command": "{{ input.cmd | raw }} {{ secrets.TOKEN }}", "env": {"N": "{{ input.name }}"}}})
+            ),
+            json!({"shell": {"command": "ls -la 'a b'", "env": {"N": "x'; id; echo '"}}})
+        );
+        assert_eq!(
+            step(json!({"set": {"name": "n", "value": "{{ input.name }}"}})),
+            json!({"set": {"name": "n", "value": "x'; id; echo '"}})
+        );
     }
 }

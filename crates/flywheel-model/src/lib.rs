@@ -5,8 +5,11 @@
 //! ([`lifecycle::check_transition`]), the workflow specification and its
 //! steps with their parsing and normalisation ([`spec`], [`step`]), the
 //! protocol between a worker and the agent in its sandbox ([`protocol`]),
-//! and the log entries recorded for an execution ([`log`]).
+//! the log entries recorded for an execution ([`log`]), and what crosses
+//! the sandbox's boundary safely: secret masking ([`redact`]), the URL
+//! allowlist ([`allowlist`]) and bounds on templates ([`template`]).
 
+pub mod allowlist;
 pub mod field_error;
 pub mod lifecycle;
 pub mod log;
@@ -14,6 +17,7 @@ pub mod protocol;
 pub mod redact;
 pub mod spec;
 pub mod step;
+pub mod template;
 pub mod time;
 
 pub use field_error::FieldError;

@@ -1,76 +1,82 @@
 //! Masking secret values wherever they might appear: log lines, events,
-//! outputs. Both the agent (before anything leaves the sandbox) and the
-//! worker (before anything is stored) use it.
+//! outputs, files. Both the agent (before anything leaves the sandbox) and
+//! the worker (before anything is stored) use it.
+//!
+//! A secret that spans several lines (a PEM key, say) is masked whole, and
+//! each of its lines on its own too: a step that prints it line by line
+//! produces one log entry per line, and none of them may show it. Files are
+//! masked as a stream ([`StreamRedactor`]), a chunk at a time, so a secret
+//! that straddles two chunks is still masked and a large file is never held
+//! in memory.
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use serde_json::Value;
 
 /// What a masked secret looks like.
 pub const MASK: &str = "***";
 
+/// Lines of a multi-line secret shorter than this are not masked on their
+/// own: they would mask ordinary text (`}`, `==`) everywhere.
+const MIN_LINE_SECRET: usize = 4;
+
 /// Masks a fixed set of secret values.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
-    /// Longest first, so a secret that contains another is masked whole.
-    secrets: Vec<String>,
-    /// The same secrets as they appear inside a JSON string (escaped), when
-    /// that differs from the raw form.
-    escaped: Vec<String>,
+    /// Finds the secrets (and the lines of multi-line ones), leftmost-longest.
+    raw: Option<AhoCorasick>,
+    /// The same, plus their forms inside a JSON string (escaped).
+    json: Option<AhoCorasick>,
+    /// Length of the longest pattern of `raw`, in bytes.
+    longest: usize,
 }
 
 impl Redactor {
     pub fn new(secrets: impl IntoIterator<Item = String>) -> Redactor {
-        let mut secrets: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        let escaped = secrets
-            .iter()
-            .map(|s| serde_json::to_string(s).unwrap_or_default().trim_matches('"').to_owned())
-            .filter(|e| !e.is_empty())
-            .collect();
-        Redactor { secrets, escaped }
+        let mut patterns: Vec<String> = Vec::new();
+        for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
+            if secret.contains(['\n', '\r']) {
+                patterns
+                    .extend(secret.lines().map(str::trim).filter(|l| l.len() >= MIN_LINE_SECRET).map(str::to_owned));
+            }
+            patterns.push(secret);
+        }
+        patterns.sort();
+        patterns.dedup();
+        if patterns.is_empty() {
+            return Redactor::default();
+        }
+        let mut json_patterns = patterns.clone();
+        json_patterns.extend(
+            patterns
+                .iter()
+                .map(|s| serde_json::to_string(s).unwrap_or_default().trim_matches('"').to_owned())
+                .filter(|e| !e.is_empty()),
+        );
+        json_patterns.sort();
+        json_patterns.dedup();
+        let build = |p: &[String]| AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(p).ok();
+        Redactor {
+            longest: patterns.iter().map(String::len).max().unwrap_or(0),
+            raw: build(&patterns),
+            json: build(&json_patterns),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.secrets.is_empty()
+        self.raw.is_none()
     }
 
     /// Masks every secret in `text`.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for secret in &self.secrets {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), MASK);
-            }
+        match &self.raw {
+            Some(ac) if ac.is_match(text) => mask_all(ac, text),
+            _ => text.to_owned(),
         }
-        out
-    }
-
-    /// Masks every secret in the bytes of a file; `None` when none occurs
-    /// (the common case: nothing is copied).
-    pub fn redact_bytes(&self, bytes: &[u8]) -> Option<Vec<u8>> {
-        let contains = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
-        if !self.secrets.iter().any(|s| contains(bytes, s.as_bytes())) {
-            return None;
-        }
-        let mut out = bytes.to_vec();
-        for secret in &self.secrets {
-            let needle = secret.as_bytes();
-            let mut masked = Vec::with_capacity(out.len());
-            let mut rest = &out[..];
-            while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
-                masked.extend_from_slice(&rest[..at]);
-                masked.extend_from_slice(MASK.as_bytes());
-                rest = &rest[at + needle.len()..];
-            }
-            masked.extend_from_slice(rest);
-            out = masked;
-        }
-        Some(out)
     }
 
     /// Masks secrets in every string (and key) of a JSON value.
     pub fn redact_value(&self, value: Value) -> Value {
-        if self.secrets.is_empty() {
+        if self.is_empty() {
             return value;
         }
         match value {
@@ -85,13 +91,86 @@ impl Redactor {
 
     /// Masks secrets in serialized JSON, in their raw and JSON-escaped forms.
     pub fn redact_json_text(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for form in self.escaped.iter().chain(&self.secrets) {
-            if out.contains(form.as_str()) {
-                out = out.replace(form.as_str(), MASK);
-            }
+        match &self.json {
+            Some(ac) if ac.is_match(text) => mask_all(ac, text),
+            _ => text.to_owned(),
         }
+    }
+
+    /// Masks a stream of bytes (a file), a chunk at a time.
+    pub fn stream(&self) -> StreamRedactor {
+        StreamRedactor { redactor: self.clone(), carry: Vec::new(), masked: 0 }
+    }
+}
+
+fn mask_all(ac: &AhoCorasick, text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for found in ac.find_iter(text) {
+        out.push_str(&text[last..found.start()]);
+        out.push_str(MASK);
+        last = found.end();
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// Masks secrets in a byte stream fed in chunks of any size. It holds back
+/// the last `longest secret - 1` bytes of what it was given, since a secret
+/// may begin there and end in the next chunk; everything before that is
+/// final, because any secret starting there lies wholly in what it has.
+pub struct StreamRedactor {
+    redactor: Redactor,
+    carry: Vec<u8>,
+    masked: usize,
+}
+
+impl StreamRedactor {
+    /// Takes the next chunk; returns the bytes that are final (masked).
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let Some(ac) = &self.redactor.raw else { return chunk.to_vec() };
+        self.carry.extend_from_slice(chunk);
+        let held = self.redactor.longest.saturating_sub(1);
+        if self.carry.len() <= held {
+            return Vec::new();
+        }
+        let safe_end = self.carry.len() - held;
+        let mut out = Vec::with_capacity(safe_end);
+        let mut last = 0;
+        for found in ac.find_iter(&self.carry) {
+            if found.start() >= safe_end {
+                break;
+            }
+            out.extend_from_slice(&self.carry[last..found.start()]);
+            out.extend_from_slice(MASK.as_bytes());
+            self.masked += 1;
+            last = found.end();
+        }
+        let emitted = last.max(safe_end);
+        out.extend_from_slice(&self.carry[last..emitted]);
+        self.carry.drain(..emitted);
         out
+    }
+
+    /// The rest, at the end of the stream.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.carry);
+        let Some(ac) = &self.redactor.raw else { return rest };
+        let mut out = Vec::with_capacity(rest.len());
+        let mut last = 0;
+        for found in ac.find_iter(&rest) {
+            out.extend_from_slice(&rest[last..found.start()]);
+            out.extend_from_slice(MASK.as_bytes());
+            self.masked += 1;
+            last = found.end();
+        }
+        out.extend_from_slice(&rest[last..]);
+        out
+    }
+
+    /// How many secrets were masked so far.
+    pub fn masked(&self) -> usize {
+        self.masked
     }
 }
 
@@ -100,11 +179,29 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn stream_all(r: &Redactor, input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut s = r.stream();
+        let mut out = Vec::new();
+        for part in input.chunks(chunk.max(1)) {
+            out.extend(s.push(part));
+        }
+        out.extend(s.finish());
+        out
+    }
+
     #[test]
-    fn masks_in_bytes_and_copies_nothing_when_clean() {
-        let r = Redactor::new(["hunter2".to_owned()]);
-        assert_eq!(r.redact_bytes(b"a hunter2 b hunter2").as_deref(), Some(&b"a *** b ***"[..]));
-        assert_eq!(r.redact_bytes(b"\x89PNG clean"), None);
+    fn masks_in_streams_whatever_the_chunk_boundaries() {
+        let r = Redactor::new(["hunter2".to_owned(), "hunter2-extra".to_owned()]);
+        let input = b"a hunter2 b hunter2-extra c hunte";
+        for chunk in 1..input.len() + 2 {
+            assert_eq!(stream_all(&r, input, chunk), b"a *** b *** c hunte", "chunks of {chunk}");
+        }
+        assert_eq!(stream_all(&Redactor::default(), b"\x89PNG clean", 3), b"\x89PNG clean");
+        let mut s = r.stream();
+        s.push(b"xxhunt");
+        s.push(b"er2");
+        s.finish();
+        assert_eq!(s.masked(), 1);
     }
 
     #[test]
@@ -114,5 +211,18 @@ mod tests {
         assert_eq!(r.redact_value(json!({"a": ["hunter2"], "hunter2": 1})), json!({"a": ["***"], "***": 1}));
         let quoted = Redactor::new(["a\"b".to_owned()]);
         assert_eq!(quoted.redact_json_text(r#"{"v":"a\"b"}"#), r#"{"v":"***"}"#);
+        assert!(Redactor::new([String::new()]).is_empty());
+    }
+
+    #[test]
+    fn multi_line_secrets_are_masked_whole_and_line_by_line() {
+        let pem = "-----BEGIN KEY-----\nMIIEvQIBADANBgkq\r\nhkiG9w0BAQEFAASC\nab\n-----END KEY-----".to_owned();
+        let r = Redactor::new([pem.clone()]);
+        assert_eq!(r.redact(&format!("key: {pem}!")), "key: ***!");
+        assert_eq!(r.redact("MIIEvQIBADANBgkq"), "***");
+        assert_eq!(r.redact("  hkiG9w0BAQEFAASC  "), "  ***  ");
+        assert_eq!(r.redact("ab cd"), "ab cd", "lines too short to be secret on their own stay");
+        let escaped = serde_json::to_string(&pem).unwrap();
+        assert_eq!(r.redact_json_text(&escaped), "\"***\"");
     }
 }

@@ -64,6 +64,25 @@ pub struct AgentConfig {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub base_url: Option<String>,
+    /// The name of the secret holding the key for `base_url`
+    /// (`api_key: "{{ secrets.NAME }}"`): the server's own keys only ever
+    /// go to the base URLs its operator configured.
+    pub api_key_secret: Option<String>,
+}
+
+/// `NAME` of `{{ secrets.NAME }}` or `{{ secrets['NAME'] }}`, the whole string.
+pub fn sole_secret_reference(text: &str) -> Option<&str> {
+    let inner = text.trim().strip_prefix("{{")?.strip_suffix("}}")?.trim();
+    let rest = inner.strip_prefix("secrets")?.trim_start();
+    let name = match rest.strip_prefix('.') {
+        Some(name) => name.trim(),
+        None => {
+            rest.strip_prefix('[')?.strip_suffix(']')?.trim().strip_prefix(['\'', '"'])?.strip_suffix(['\'', '"'])?
+        }
+    };
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    valid.then_some(name)
 }
 
 /// When a workflow runs by itself.
@@ -117,6 +136,21 @@ impl Specification {
             || self.steps.iter().any(|s| matches!(s.action, crate::step::StepAction::Agent(_)))
     }
 
+    /// The most agent turns a run may take: `max_steps` for the prompt, and
+    /// each agent step's own (or `max_steps`).
+    pub fn agent_turns(&self) -> u32 {
+        let prompt = if self.prompt.as_deref().is_some_and(|p| !p.trim().is_empty()) { self.max_steps } else { 0 };
+        let steps: u32 = self
+            .steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                crate::step::StepAction::Agent(agent) => Some(agent.max_steps.unwrap_or(self.max_steps)),
+                _ => None,
+            })
+            .fold(0u32, u32::saturating_add);
+        prompt.saturating_add(steps)
+    }
+
     /// Whether the sandbox needs a browser for this specification.
     pub fn needs_browser(&self) -> bool {
         self.start_url.is_some()
@@ -150,6 +184,13 @@ impl Specification {
             Some(_) => Some(reader.integer("concurrency", 1, 1, 100_000) as u32),
         };
         let url_allowlist = reader.string_list("url_allowlist");
+        if let Err((i, message)) = crate::allowlist::check_entries(&url_allowlist) {
+            reader.errors.push(FieldError::new(
+                vec!["url_allowlist".into(), LocSegment::Index(i)],
+                "value_error",
+                message,
+            ));
+        }
         let use_global_allowlist = reader.boolean("use_global_allowlist", true);
         let payload_schema = reader.schema("payload_schema");
         let strict_payload = reader.boolean("strict_payload", false);
@@ -286,6 +327,9 @@ fn normalise_keys(input: &Map<String, Value>, warnings: &mut Vec<String>) -> Map
         if let Some(v) = agent.remove("baseUrl") {
             agent.entry("base_url").or_insert(v);
         }
+        if let Some(v) = agent.remove("apiKey") {
+            agent.entry("api_key").or_insert(v);
+        }
     }
     obj
 }
@@ -415,6 +459,29 @@ impl Reader<'_> {
         let provider = field("provider");
         let model = field("model");
         let base_url = field("base_url");
+        let api_key = field("api_key");
+        if let Some(url) = &base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                self.errors.push(FieldError::new(
+                    vec!["agent".into(), "base_url".into()],
+                    "value_error",
+                    format!("agent.base_url must be an http:// or https:// URL, got {url:?}"),
+                ));
+            }
+        }
+        let api_key_secret = api_key.and_then(|key| match sole_secret_reference(&key) {
+            Some(name) => Some(name.to_owned()),
+            None => {
+                self.errors.push(FieldError::new(
+                    vec!["agent".into(), "api_key".into()],
+                    "value_error",
+                    "agent.api_key must name a secret, like \"{{ secrets.PROVIDER_KEY }}\" \
+                     (set it with PUT /api/secrets/PROVIDER_KEY); a key is never written into a workflow"
+                        .to_owned(),
+                ));
+                None
+            }
+        });
         if let Some(p) = &provider {
             if !PROVIDERS.contains(&p.as_str()) {
                 self.errors.push(FieldError::new(
@@ -424,7 +491,7 @@ impl Reader<'_> {
                 ));
             }
         }
-        Some(AgentConfig { provider, model, base_url })
+        Some(AgentConfig { provider, model, base_url, api_key_secret })
     }
 
     fn trigger(&mut self) -> Option<Trigger> {

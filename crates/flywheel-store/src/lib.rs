@@ -181,8 +181,10 @@ pub trait Store: Send + Sync + 'static {
     async fn ensure_api_key(&self, key: NewApiKey) -> StoreResult<bool>;
     async fn count_api_keys(&self) -> StoreResult<i64>;
     async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
-    /// Ends every dashboard session of this key issued before `at_ms`.
-    async fn end_sessions(&self, key_hash: &str, at_ms: i64) -> StoreResult<()>;
+    /// The key with this id (a dashboard session names its key by id, never by hash).
+    async fn get_api_key(&self, id: Uuid) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Ends every dashboard session of the key with this id issued before `at_ms`.
+    async fn end_sessions(&self, key_id: Uuid, at_ms: i64) -> StoreResult<()>;
     /// Returns the setting, storing `initial` first if it has none.
     async fn setting_or_init(&self, key: &str, initial: &str) -> StoreResult<String>;
     /// Number of executions in each status.

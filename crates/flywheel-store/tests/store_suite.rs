@@ -463,8 +463,10 @@ async fn api_keys_and_settings(t: TestStore) {
     assert!(!s.ensure_api_key(key).await.unwrap());
     let found = s.find_api_key("abc").await.unwrap().unwrap();
     assert_eq!((found.role.as_str(), found.sessions_not_before), ("admin", 0));
-    s.end_sessions("abc", 1_000).await.unwrap();
-    s.end_sessions("abc", 500).await.unwrap();
+    assert_eq!(s.get_api_key(found.id).await.unwrap().unwrap().prefix, found.prefix, "found by id too");
+    assert!(s.get_api_key(Uuid::now_v7()).await.unwrap().is_none());
+    s.end_sessions(found.id, 1_000).await.unwrap();
+    s.end_sessions(found.id, 500).await.unwrap();
     assert_eq!(s.find_api_key("abc").await.unwrap().unwrap().sessions_not_before, 1_000, "never moves back");
     assert!(s.find_api_key("nope").await.unwrap().is_none());
     assert_eq!(s.setting_or_init("secret", "one").await.unwrap(), "one");

@@ -43,6 +43,22 @@ pub struct WorkerConfig {
     pub browser: BrowserSettings,
     /// The model providers the AI agent may use, with their keys.
     pub models: crate::models::ModelSettings,
+    /// The server-wide URL allowlist (`use_global_allowlist`), for every
+    /// connection of a run.
+    pub global_allowlist: Vec<String>,
+    /// What every sandbox may reach and use.
+    pub sandbox: SandboxSettings,
+}
+
+/// What the worker enforces around every sandbox (the runtime enforces the
+/// rest of its limits).
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    pub network: crate::runtime::SandboxNetwork,
+    /// The egress proxy lets runs reach private, loopback and link-local addresses.
+    pub allow_private: bool,
+    /// Most bytes in a work dir (0: no limit).
+    pub disk_bytes: u64,
 }
 
 /// The browser every execution with a screen gets.
@@ -52,8 +68,6 @@ pub struct BrowserSettings {
     pub executable: PathBuf,
     pub viewport_width: u32,
     pub viewport_height: u32,
-    /// The server-wide allowlist (`use_global_allowlist`).
-    pub global_allowlist: Vec<String>,
 }
 
 pub struct Dispatcher {

@@ -3,9 +3,13 @@
 //! An agent in its sandbox never holds a provider's API key. It sends the
 //! request it wants made (provider, path, body); the worker checks that the
 //! provider is the workflow's and the path one that provider's API uses for
-//! computer use, adds the key from the server's environment, sends it to the
-//! base URL configured for the workflow (never one the agent names), and
-//! hands back the answer with the key masked. It also counts the tokens.
+//! computer use, adds the key, sends it to the base URL configured for the
+//! workflow (never one the agent names), and hands back the answer with the
+//! key masked. It also counts the tokens.
+//!
+//! The server's keys (`ANTHROPIC_API_KEY`, …) go only to the base URLs the
+//! server's operator configured. A workflow that names a `base_url` of its
+//! own brings its own key (`api_key: "{{ secrets.NAME }}"`) or sends none.
 
 use flywheel_model::protocol::WorkerMessage;
 use flywheel_model::redact::Redactor;
@@ -72,9 +76,10 @@ impl ModelSettings {
         }
     }
 
-    /// The workflow's `agent:` settings over the server's defaults. The
-    /// error says what to set.
-    pub fn resolve(&self, config: Option<&AgentConfig>) -> Result<ResolvedModel, String> {
+    /// The workflow's `agent:` settings over the server's defaults, with the
+    /// key of the workflow's own `api_key` secret if it has one. The error
+    /// says what to set.
+    pub fn resolve(&self, config: Option<&AgentConfig>, workflow_key: Option<String>) -> Result<ResolvedModel, String> {
         let provider = config.and_then(|c| c.provider.clone()).unwrap_or_else(|| self.default_provider.clone());
         let settings = self.provider(&provider).ok_or_else(|| format!("unknown model provider {provider:?}"))?;
         let env = match provider.as_str() {
@@ -86,18 +91,26 @@ impl ModelSettings {
             config.and_then(|c| c.model.clone()).or_else(|| settings.default_model.clone()).ok_or_else(|| {
                 format!("no model is set for {provider}: set agent.model in the workflow or {env}_MODEL on the server")
             })?;
-        let base_url = config.and_then(|c| c.base_url.clone()).or_else(|| settings.base_url.clone()).ok_or_else(|| {
-            format!("no base URL is set for {provider}: set agent.base_url in the workflow or {env}_BASE_URL on the server")
-        })?;
-        if settings.api_key.is_none() && provider != "openai-compatible" {
+        let trim = |url: &str| url.trim_end_matches('/').to_owned();
+        let server_url = settings.base_url.as_deref().map(trim);
+        let base_url = config
+            .and_then(|c| c.base_url.as_deref())
+            .map(trim)
+            .or_else(|| server_url.clone())
+            .ok_or_else(|| {
+                format!("no base URL is set for {provider}: set agent.base_url in the workflow or {env}_BASE_URL on the server")
+            })?;
+        // The server's key is for the server's URL only.
+        let own_url = server_url.as_deref() == Some(base_url.as_str());
+        let api_key = match workflow_key {
+            Some(key) => Some(key),
+            None if own_url => settings.api_key.clone(),
+            None => None,
+        };
+        if api_key.is_none() && own_url && provider != "openai-compatible" {
             return Err(format!("{env}_API_KEY is not set on the server, so {provider} models cannot be used"));
         }
-        Ok(ResolvedModel {
-            provider,
-            model,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            api_key: settings.api_key.clone(),
-        })
+        Ok(ResolvedModel { provider, model, base_url, api_key })
     }
 }
 
@@ -199,9 +212,9 @@ mod tests {
     #[test]
     fn workflows_override_server_defaults_and_missing_keys_are_explained() {
         let mut settings = ModelSettings::default();
-        assert!(settings.resolve(None).unwrap_err().contains("ANTHROPIC_API_KEY"));
+        assert!(settings.resolve(None, None).unwrap_err().contains("ANTHROPIC_API_KEY"));
         settings.anthropic.api_key = Some("k".into());
-        let resolved = settings.resolve(None).unwrap();
+        let resolved = settings.resolve(None, None).unwrap();
         assert_eq!(
             (resolved.provider.as_str(), resolved.base_url.as_str()),
             ("anthropic", "https://api.anthropic.com")
@@ -210,12 +223,31 @@ mod tests {
             provider: Some("openai-compatible".into()),
             model: Some("qwen".into()),
             base_url: Some("http://gpu:8000/v1/".into()),
+            api_key_secret: None,
         };
-        let resolved = settings.resolve(Some(&custom)).unwrap();
+        let resolved = settings.resolve(Some(&custom), None).unwrap();
         assert_eq!((resolved.model.as_str(), resolved.base_url.as_str()), ("qwen", "http://gpu:8000/v1"));
-        let no_url =
-            AgentConfig { provider: Some("openai-compatible".into()), model: Some("qwen".into()), base_url: None };
-        assert!(settings.resolve(Some(&no_url)).unwrap_err().contains("OPENAI_COMPATIBLE_BASE_URL"));
+        let no_url = AgentConfig { base_url: None, ..custom.clone() };
+        assert!(settings.resolve(Some(&no_url), None).unwrap_err().contains("OPENAI_COMPATIBLE_BASE_URL"));
+    }
+
+    #[test]
+    fn the_servers_key_goes_only_to_the_servers_url() {
+        let mut settings = ModelSettings::default();
+        settings.anthropic.api_key = Some("server-key".into());
+        let elsewhere = |url: &str| AgentConfig {
+            provider: Some("anthropic".into()),
+            model: None,
+            base_url: Some(url.into()),
+            api_key_secret: None,
+        };
+        let attacker = settings.resolve(Some(&elsewhere("http://attacker.example")), None).unwrap();
+        assert_eq!(attacker.api_key, None, "no key for a URL the operator did not configure");
+        let own = settings.resolve(Some(&elsewhere("https://api.anthropic.com/")), None).unwrap();
+        assert_eq!(own.api_key.as_deref(), Some("server-key"), "the configured URL, spelt the workflow's way");
+        let brought =
+            settings.resolve(Some(&elsewhere("http://gateway.example")), Some("workflow-key".into())).unwrap();
+        assert_eq!(brought.api_key.as_deref(), Some("workflow-key"));
     }
 
     #[test]

@@ -1,34 +1,47 @@
 //! One execution, from claim to final status.
 //!
-//! The task writes the job file, starts the sandbox, reads the agent's
-//! events and persists them as they come (batched: whatever is ready is
-//! written in one call), renews the lease, and ends the sandbox on timeout,
-//! stop, lost lease or shutdown. Then it stores the artifacts, the output and
-//! the status (under the lease, never over a terminal status), the full log,
-//! and removes the work dir.
+//! The task writes the job file, opens the agent's channel and (unless the
+//! sandbox shares the host's network) the egress proxy in the run dir,
+//! starts the sandbox, reads the agent's events and persists them as they
+//! come (batched: whatever is ready is written in one call), renews the
+//! lease, and ends the sandbox on timeout, stop, lost lease, shutdown or a
+//! limit. Then it stores the artifacts, the output and the status (under the
+//! lease, never over a terminal status), the full log, and removes the work
+//! and run dirs.
+//!
+//! Everything that comes out of the sandbox is untrusted: events are read
+//! with a size cap and cut to size, the agent may ask for at most as many
+//! model calls as its turns allow, a run stores at most
+//! [`MAX_LOG_ENTRIES`] log entries, and files are read only through
+//! [`crate::sandbox_files`] and masked as a stream.
 
+use crate::channel::{AgentListener, BoundedLines, Line};
+use crate::egress::{EgressPolicy, EgressProxy};
 use crate::models::{self, ResolvedModel};
-use crate::runtime::{Runtime, Sandbox, SandboxSpec};
+use crate::runtime::{Runtime, Sandbox, SandboxNetwork, SandboxSpec};
+use crate::sandbox_files::ArtifactsDir;
 use crate::signals::{Signals, StopHandle, StopReason};
 use crate::translate::RunState;
 use crate::{BrowserSettings, WorkerConfig};
 use anyhow::Context;
 use bytes::Bytes;
+use flywheel_model::allowlist::Allowlist;
 use flywheel_model::log::{LogKind, LogLevel, NewLogEntry};
 use flywheel_model::protocol::{AgentEvent, AgentJob, BrowserJob, Job, WorkerMessage, SANDBOX_ARTIFACTS_DIR};
 use flywheel_model::redact::Redactor;
 use flywheel_model::time::{now_ms, rfc3339};
 use flywheel_model::{ErrorCode, ExecutionError, Specification};
-use flywheel_store::artifacts::{content_type_for, is_safe_name};
+use flywheel_store::artifacts::{content_type_for, is_safe_name, ArtifactReader};
 use flywheel_store::records::{ClaimedExecution, Finish, Lease, NewArtifact, Progress};
 use flywheel_store::secrets::SecretCipher;
 use flywheel_store::{ArtifactStore, Store, StoreError};
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::{info, warn, Instrument};
 
 /// Names the worker writes itself; the agent cannot take them.
@@ -37,6 +50,12 @@ pub const LOGS_ARTIFACT: &str = "logs.jsonl";
 
 /// Last bytes of the agent's stderr kept to explain a crash.
 const STDERR_TAIL: usize = 4096;
+/// Longest line of the sandbox's diagnostics kept.
+const DIAGNOSTIC_LINE: usize = 4096;
+/// Most log entries one execution stores; past it the rest is counted.
+pub const MAX_LOG_ENTRIES: usize = 100_000;
+/// Model calls an agent may ask for per turn it may take (its retries).
+const MODEL_CALLS_PER_TURN: u32 = 3;
 
 /// Everything a run needs, shared by all runs of a dispatcher.
 pub(crate) struct RunDeps {
@@ -60,6 +79,8 @@ enum End {
     /// Another node or the API failed the execution (seen by heartbeat).
     EndedElsewhere,
     LeaseLost,
+    /// The sandbox went past a limit the worker watches (its disk).
+    LimitHit,
 }
 
 pub(crate) async fn run_execution(deps: Arc<RunDeps>, claimed: ClaimedExecution) {
@@ -73,11 +94,16 @@ pub(crate) async fn run_execution(deps: Arc<RunDeps>, claimed: ClaimedExecution)
             metrics::histogram!("flywheel_dispatch_latency_seconds").record((started - queued).max(0) as f64 / 1000.0);
         }
         let work_dir = deps.config.work_root.join(execution.to_string());
-        run_claimed(&deps, &claimed, &work_dir, &stop).await;
+        let run_dir = deps.config.work_root.join(format!("{execution}.run"));
+        run_claimed(&deps, &claimed, &work_dir, &run_dir, &stop).await;
+        let mut dirs = vec![&run_dir];
         if !deps.config.keep_work_dirs {
-            if let Err(err) = tokio::fs::remove_dir_all(&work_dir).await {
+            dirs.push(&work_dir);
+        }
+        for dir in dirs {
+            if let Err(err) = tokio::fs::remove_dir_all(dir).await {
                 if err.kind() != std::io::ErrorKind::NotFound {
-                    warn!(error = %err, dir = %work_dir.display(), "could not remove the work dir");
+                    warn!(error = %err, dir = %dir.display(), "could not remove a work dir");
                 }
             }
         }
@@ -88,8 +114,9 @@ pub(crate) async fn run_execution(deps: Arc<RunDeps>, claimed: ClaimedExecution)
     .await
 }
 
-async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path, stop: &StopHandle) {
+async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path, run_dir: &Path, stop: &StopHandle) {
     let lease = &claimed.lease;
+    let (egress_log, egress_entries) = tokio::sync::mpsc::unbounded_channel();
     let mut run = Run {
         deps,
         lease,
@@ -100,28 +127,28 @@ async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path
         keepalive: None,
         redactor: Redactor::default(),
         model: None,
+        model_calls_left: 0,
+        entries_stored: 0,
+        entries_dropped: 0,
     };
-    let sandbox = match build_job(deps, claimed).await {
+    let started = match build_job(deps, claimed).await {
         Err(error) => Err(error),
-        Ok(Prepared { job, redactor, model }) => {
+        Ok(Prepared { job, redactor, model, model_calls }) => {
             run.redactor = redactor;
             run.model = model;
-            match write_work_dir(&job, work_dir).await {
+            run.model_calls_left = model_calls;
+            match prepare_dirs(&job, work_dir, run_dir).await {
                 Err(err) => Err(ExecutionError::new(
                     ErrorCode::SandboxError,
                     format!("could not prepare the work dir: {err:#}"),
                 )),
-                Ok(()) => deps
-                    .runtime
-                    .start(&SandboxSpec { execution: lease.execution, work_dir: work_dir.to_owned() })
-                    .await
-                    .map_err(|e| ExecutionError::new(ErrorCode::SandboxError, e.0)),
+                Ok(()) => start_sandbox(deps, &job, work_dir, run_dir, egress_log).await,
             }
         }
     };
-    let error = match sandbox {
+    let error = match started {
         Err(error) => Some(error),
-        Ok(sandbox) => run.supervise(claimed, sandbox, stop).await,
+        Ok(started) => run.supervise(claimed, started, egress_entries, stop).await,
     };
     if run.lease_lost {
         warn!("the lease was lost; another worker or the reaper owns this execution now");
@@ -138,35 +165,99 @@ async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path
     }
 }
 
+/// A sandbox that was started, with what listens for it.
+struct Started {
+    sandbox: Sandbox,
+    agent: AgentListener,
+    /// Kept alive for as long as the sandbox runs.
+    _egress: Option<EgressProxy>,
+}
+
+/// Opens the agent's channel and the egress proxy in the run dir, then
+/// starts the sandbox.
+async fn start_sandbox(
+    deps: &RunDeps,
+    job: &Job,
+    work_dir: &Path,
+    run_dir: &Path,
+    egress_log: tokio::sync::mpsc::UnboundedSender<NewLogEntry>,
+) -> Result<Started, ExecutionError> {
+    let sandbox_error = |what: &str, err: &dyn std::fmt::Display| {
+        ExecutionError::new(ErrorCode::SandboxError, format!("{what}: {err}"))
+    };
+    let agent = AgentListener::bind(run_dir).map_err(|e| sandbox_error("could not open the agent's channel", &e))?;
+    let egress = if job.egress_proxy {
+        let allowlist =
+            Allowlist::new(&job.url_allowlist).map_err(|e| ExecutionError::new(ErrorCode::InvalidInput, e))?;
+        let policy = EgressPolicy { allowlist, allow_private: deps.config.sandbox.allow_private };
+        Some(
+            crate::egress::start(run_dir, policy, egress_log)
+                .map_err(|e| sandbox_error("could not start the egress proxy", &e))?,
+        )
+    } else {
+        None
+    };
+    let spec = SandboxSpec {
+        execution: job.execution_uuid,
+        work_dir: work_dir.to_owned(),
+        run_dir: run_dir.to_owned(),
+        egress_proxy: job.egress_proxy,
+    };
+    let sandbox = deps.runtime.start(&spec).await.map_err(|e| ExecutionError::new(ErrorCode::SandboxError, e.0))?;
+    Ok(Started { sandbox, agent, _egress: egress })
+}
+
+/// Where a run may connect: the workflow's list, and the server's unless
+/// the workflow opted out.
+fn url_allowlist(spec: &Specification, global: &[String]) -> Vec<String> {
+    let mut allowlist = spec.url_allowlist.clone();
+    if spec.use_global_allowlist {
+        allowlist.extend(global.iter().cloned());
+    }
+    allowlist
+}
+
 /// The browser part of a job, when the specification needs a screen.
 fn browser_job(spec: &Specification, settings: &BrowserSettings) -> Option<BrowserJob> {
     if !spec.needs_browser() {
         return None;
     }
-    let mut allowlist = spec.url_allowlist.clone();
-    if spec.use_global_allowlist {
-        allowlist.extend(settings.global_allowlist.iter().cloned());
-    }
     Some(BrowserJob {
         executable: settings.executable.to_string_lossy().into_owned(),
         viewport_width: settings.viewport_width,
         viewport_height: settings.viewport_height,
-        allowlist,
         record_video: spec.record_video,
         screenshot_every_action: spec.screenshot_every_action,
     })
 }
 
-/// Names of the secrets a specification uses (`secrets.NAME`, `secrets["NAME"]`).
-fn referenced_secrets(specification: &serde_json::Value) -> Vec<String> {
+/// Names of the secrets a specification's steps and prompt use
+/// (`secrets.NAME`, `secrets["NAME"]` inside `{{ … }}` or `{% … %}`: a
+/// URL ending in `secrets.html` is no reference). The `agent` settings are
+/// not looked at: their key is the worker's, never the agent's.
+fn referenced_secrets(specification: &Value) -> Vec<String> {
     static PATTERN: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let pattern = PATTERN.get_or_init(|| {
-        regex::Regex::new(r#"secrets\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*['"]([A-Za-z_][A-Za-z0-9_]*)['"]\s*\])"#)
+        regex::Regex::new(r#"\bsecrets\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*['"]([A-Za-z_][A-Za-z0-9_]*)['"]\s*\])"#)
             .unwrap_or_else(|_| unreachable!("the pattern is valid"))
     });
-    let text = specification.to_string();
-    let mut names: Vec<String> = pattern
-        .captures_iter(&text)
+    fn strings<'v>(value: &'v Value, out: &mut Vec<&'v str>) {
+        match value {
+            Value::String(s) => out.push(s),
+            Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut texts = Vec::new();
+    match specification {
+        Value::Object(map) => map.iter().filter(|(k, _)| *k != "agent").for_each(|(_, v)| strings(v, &mut texts)),
+        other => strings(other, &mut texts),
+    }
+    let mut names: Vec<String> = texts
+        .into_iter()
+        .flat_map(flywheel_model::template::tags)
+        .flat_map(|tag| pattern.captures_iter(tag))
         .filter_map(|c| c.get(1).or_else(|| c.get(2)).map(|m| m.as_str().to_owned()))
         .collect();
     names.sort();
@@ -180,15 +271,25 @@ async fn build_job(deps: &RunDeps, claimed: &ClaimedExecution) -> Result<Prepare
     let internal = |err: anyhow::Error| {
         ExecutionError::new(ErrorCode::SandboxError, format!("could not prepare the job: {err:#}"))
     };
+    let spec = Specification::parse(&claimed.specification)
+        .map_err(|errors| internal(anyhow::anyhow!("the stored specification no longer parses: {errors:?}")))?
+        .spec;
     let names = referenced_secrets(&claimed.specification);
-    let mut secrets = std::collections::BTreeMap::new();
-    if !names.is_empty() {
-        let sealed = deps.store.get_secrets(&names).await.map_err(|e| internal(e.into()))?;
+    // The key a workflow brings for its own model endpoint is the worker's
+    // to use, not the agent's to see.
+    let key_secret = spec.agent.as_ref().and_then(|a| a.api_key_secret.clone()).filter(|_| spec.needs_agent());
+    let mut wanted = names.clone();
+    wanted.extend(key_secret.iter().cloned());
+    wanted.sort();
+    wanted.dedup();
+    let mut values = std::collections::BTreeMap::new();
+    if !wanted.is_empty() {
+        let sealed = deps.store.get_secrets(&wanted).await.map_err(|e| internal(e.into()))?;
         for (name, sealed) in sealed {
             let value = deps.secrets.open(&name, &sealed).map_err(internal)?;
-            secrets.insert(name, value);
+            values.insert(name, value);
         }
-        let missing: Vec<&str> = names.iter().filter(|n| !secrets.contains_key(*n)).map(String::as_str).collect();
+        let missing: Vec<&str> = wanted.iter().filter(|n| !values.contains_key(*n)).map(String::as_str).collect();
         if !missing.is_empty() {
             return Err(ExecutionError::new(
                 ErrorCode::InvalidInput,
@@ -199,28 +300,29 @@ async fn build_job(deps: &RunDeps, claimed: &ClaimedExecution) -> Result<Prepare
             ));
         }
     }
-    let spec = Specification::parse(&claimed.specification)
-        .map_err(|errors| internal(anyhow::anyhow!("the stored specification no longer parses: {errors:?}")))?
-        .spec;
     let model = if spec.needs_agent() {
+        let workflow_key = key_secret.as_ref().and_then(|name| values.get(name)).cloned();
         let model = deps
             .config
             .models
-            .resolve(spec.agent.as_ref())
+            .resolve(spec.agent.as_ref(), workflow_key)
             .map_err(|msg| ExecutionError::new(ErrorCode::AgentError, msg))?;
         Some(model)
     } else {
         None
     };
+    let secrets: std::collections::BTreeMap<String, String> =
+        values.iter().filter(|(name, _)| names.contains(name)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let agent = model.as_ref().map(|m| AgentJob {
         provider: m.provider.clone(),
         model: m.model.clone(),
         secret_names: secrets.keys().cloned().collect(),
     });
-    let mut masked: Vec<String> = secrets.values().cloned().collect();
+    let mut masked: Vec<String> = values.values().cloned().collect();
     masked.extend(model.as_ref().and_then(|m| m.api_key.clone()));
     let redactor = Redactor::new(masked);
     let record = &claimed.record;
+    let egress_proxy = deps.config.sandbox.network == SandboxNetwork::Isolated;
     let job = Job {
         execution_uuid: record.uuid,
         workflow_uuid: record.workflow_uuid,
@@ -229,11 +331,14 @@ async fn build_job(deps: &RunDeps, claimed: &ClaimedExecution) -> Result<Prepare
         specification: claimed.specification.clone(),
         input: record.input_payload.clone(),
         artifacts_dir: SANDBOX_ARTIFACTS_DIR.to_owned(),
+        url_allowlist: url_allowlist(&spec, &deps.config.global_allowlist),
+        egress_proxy,
         secrets,
         browser: browser_job(&spec, &deps.config.browser),
         agent,
     };
-    Ok(Prepared { job, redactor, model })
+    let model_calls = spec.agent_turns().saturating_mul(MODEL_CALLS_PER_TURN);
+    Ok(Prepared { job, redactor, model, model_calls })
 }
 
 /// A model call made for the agent, ready to go back to it.
@@ -250,10 +355,17 @@ struct Prepared {
     redactor: Redactor,
     /// The model the agent may call, with its key.
     model: Option<ResolvedModel>,
+    /// How many model calls the agent may ask for.
+    model_calls: u32,
 }
 
-/// Writes `job.json` (readable by nobody else: it may hold secrets) and creates `artifacts/`.
-async fn write_work_dir(job: &Job, work_dir: &Path) -> anyhow::Result<()> {
+/// Creates the run dir (the worker's sockets; only this user's) and the
+/// work dir: `artifacts/`, and `job.json` (readable by nobody else: it may
+/// hold secrets).
+async fn prepare_dirs(job: &Job, work_dir: &Path, run_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::create_dir_all(run_dir).await.with_context(|| format!("creating {}", run_dir.display()))?;
+    tokio::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o700)).await.context("run dir permissions")?;
     tokio::fs::create_dir_all(work_dir.join("artifacts"))
         .await
         .with_context(|| format!("creating {}", work_dir.display()))?;
@@ -282,6 +394,11 @@ struct Run<'a> {
     redactor: Redactor,
     /// The model the agent may call.
     model: Option<ResolvedModel>,
+    /// Model calls the agent may still ask for.
+    model_calls_left: u32,
+    /// Log entries stored (or on their way), and those dropped past [`MAX_LOG_ENTRIES`].
+    entries_stored: usize,
+    entries_dropped: usize,
 }
 
 /// Most log entries kept in memory while the store is unreachable.
@@ -317,13 +434,16 @@ impl Run<'_> {
     async fn supervise(
         &mut self,
         claimed: &ClaimedExecution,
-        sandbox: Sandbox,
+        started: Started,
+        mut egress_entries: tokio::sync::mpsc::UnboundedReceiver<NewLogEntry>,
         stop: &StopHandle,
     ) -> Option<ExecutionError> {
-        let Sandbox { mut stdin, stdout, stderr, mut control } = sandbox;
+        let Started { sandbox: Sandbox { diagnostics, mut control }, agent, _egress } = started;
         let (model_done, mut model_answers) = tokio::sync::mpsc::channel::<ModelAnswer>(16);
-        let mut stdout = BufReader::new(stdout).lines();
-        let mut stderr = BufReader::new(stderr).lines();
+        // The agent connects first thing; until then there are no events.
+        let mut accept = Box::pin(agent.accept());
+        let mut channel: Option<(BoundedLines<OwnedReadHalf>, OwnedWriteHalf)> = None;
+        let mut stderr = BoundedLines::new(diagnostics, DIAGNOSTIC_LINE);
         let mut stderr_tail = String::new();
         let limits = claimed.record.limits;
         let started_at = claimed.record.started_at.unwrap_or_else(now_ms);
@@ -333,18 +453,31 @@ impl Run<'_> {
         let mut heartbeat = tokio::time::interval(self.deps.config.lease / 3);
         heartbeat.tick().await;
         let mut stderr_open = true;
+        let mut disk = Box::pin(crate::disk_quota::watch(self.work_dir.clone(), self.deps.config.sandbox.disk_bytes));
+        let mut limit_hit: Option<String> = None;
 
         let end = loop {
             tokio::select! {
-                line = stdout.next_line() => {
+                connected = &mut accept, if channel.is_none() => match connected {
+                    Ok(connected) => channel = Some(connected),
+                    Err(err) => {
+                        warn!(error = %err, "the agent's channel failed before the agent connected");
+                        break End::AgentDone;
+                    }
+                },
+                // A sandbox that ends before its agent connected.
+                _ = control.wait(), if channel.is_none() => break End::AgentDone,
+                line = async { channel.as_mut().map(|(events, _)| events) .expect("guarded").next_line().await }, if channel.is_some() => {
                     let Ok(Some(line)) = line else { break End::AgentDone };
                     let mut progress = Progress::default();
-                    self.apply_line(&line, &mut progress);
+                    self.apply_line(line, &mut progress);
                     // Take every line that is already there, and write them together.
-                    while self.state.finished.is_none() {
-                        match stdout.next_line().now_or_never() {
-                            Some(Ok(Some(line))) => self.apply_line(&line, &mut progress),
-                            _ => break,
+                    if let Some((events, _)) = channel.as_mut() {
+                        while self.state.finished.is_none() {
+                            match events.next_line().now_or_never() {
+                                Some(Ok(Some(line))) => self.apply_line(line, &mut progress),
+                                _ => break,
+                            }
                         }
                     }
                     self.start_model_calls(&model_done);
@@ -358,8 +491,10 @@ impl Run<'_> {
                 Some(answer) = model_answers.recv() => {
                     let mut line = serde_json::to_vec(&answer.message).unwrap_or_default();
                     line.push(b'\n');
-                    // If the agent is gone, its stdout ends too; nothing to do here.
-                    let _ = stdin.write_all(&line).await;
+                    // If the agent is gone, its channel ends too; nothing to do here.
+                    if let Some((_, answers)) = channel.as_mut() {
+                        let _ = answers.write_all(&line).await;
+                    }
                     let progress = Progress {
                         entries: vec![NewLogEntry::new(LogKind::Log, LogLevel::Debug, answer.note)],
                         add_input_tokens: answer.usage.input_tokens,
@@ -370,13 +505,23 @@ impl Run<'_> {
                         break End::LeaseLost;
                     }
                 }
+                Some(entry) = egress_entries.recv() => {
+                    let mut entries = vec![entry];
+                    while let Ok(more) = egress_entries.try_recv() {
+                        entries.push(more);
+                    }
+                    if self.persist(Progress { entries, ..Default::default() }).await.is_err() {
+                        break End::LeaseLost;
+                    }
+                }
                 line = stderr.next_line(), if stderr_open => match line {
                     Ok(Some(line)) => {
                         let mut entries = Vec::new();
                         let mut next = Some(line);
                         while let Some(line) = next.take() {
-                            push_tail(&mut stderr_tail, &line);
-                            entries.push(NewLogEntry::new(LogKind::Log, LogLevel::Warn, line));
+                            let text = diagnostic_text(line);
+                            push_tail(&mut stderr_tail, &text);
+                            entries.push(NewLogEntry::new(LogKind::Log, LogLevel::Warn, text));
                             if let Some(Ok(Some(more))) = stderr.next_line().now_or_never() {
                                 next = Some(more);
                             }
@@ -387,6 +532,10 @@ impl Run<'_> {
                     }
                     _ => stderr_open = false,
                 },
+                message = &mut disk => {
+                    limit_hit = Some(message);
+                    break End::LimitHit;
+                }
                 _ = tokio::time::sleep_until(deadline) => break End::Timeout,
                 _ = stop.token.cancelled() => break End::Stopped(stop.reason().unwrap_or(StopReason::Stopped)),
                 _ = heartbeat.tick() => match self.deps.store.heartbeat(self.lease, lease_ms).await {
@@ -397,6 +546,7 @@ impl Run<'_> {
                 },
             }
         };
+        drop(accept);
 
         // The agent's job is done or it must go: either way nothing of the
         // sandbox may outlive the execution.
@@ -411,6 +561,13 @@ impl Run<'_> {
             }
         };
         control.kill().await;
+        if limit_hit.is_none() && matches!(end, End::AgentDone | End::Timeout) {
+            limit_hit = control.limit_hit().await;
+        }
+        if limit_hit.is_none() && matches!(end, End::AgentDone | End::Timeout) {
+            // A step stopped at the limit may end the run before the next measure.
+            limit_hit = crate::disk_quota::check(self.work_dir.clone(), self.deps.config.sandbox.disk_bytes).await;
+        }
         // Storing the video and the files, then the result, can take longer
         // than a lease (a large upload to a bucket): keep the lease alive
         // until the result is written, or the reaper would take a finished
@@ -420,20 +577,27 @@ impl Run<'_> {
                 Some(KeepLeaseAlive::start(self.deps.store.clone(), self.lease.clone(), self.deps.config.lease));
         }
         drain_stderr(&mut stderr, &mut stderr_tail, stderr_open).await;
+        // What the proxy logged last (connections that closed with the sandbox).
+        let mut entries: Vec<NewLogEntry> = std::iter::from_fn(|| egress_entries.try_recv().ok()).collect();
         if end == End::AgentDone && !self.state.started {
             // What the sandbox tool said explains why the agent never ran.
-            let entries =
-                stderr_tail.lines().map(|l| NewLogEntry::new(LogKind::Log, LogLevel::Warn, l.to_owned())).collect();
+            entries.extend(stderr_tail.lines().map(|l| NewLogEntry::new(LogKind::Log, LogLevel::Warn, l.to_owned())));
+        }
+        if !entries.is_empty() {
             let _ = self.persist(Progress { entries, ..Default::default() }).await;
         }
         self.store_announced_artifacts().await;
 
+        if let Some(limit) = limit_hit.filter(|_| end != End::LeaseLost) {
+            return Some(ExecutionError::new(ErrorCode::SandboxError, limit));
+        }
         let timeout_secs = limits.timeout_ms as f64 / 1000.0;
         match end {
             End::LeaseLost => {
                 self.lease_lost = true;
                 None
             }
+            End::LimitHit => Some(ExecutionError::new(ErrorCode::SandboxError, "the sandbox hit a limit")),
             End::Timeout => Some(ExecutionError::new(
                 ErrorCode::Timeout,
                 format!("the execution took longer than its timeout of {timeout_secs} s and was ended"),
@@ -456,11 +620,20 @@ impl Run<'_> {
     /// answers come back through `done`.
     fn start_model_calls(&mut self, done: &tokio::sync::mpsc::Sender<ModelAnswer>) {
         for request in std::mem::take(&mut self.state.model_requests) {
+            let within_budget = self.model_calls_left > 0;
+            self.model_calls_left = self.model_calls_left.saturating_sub(1);
             let (http, model, redactor, done) =
                 (self.deps.http.clone(), self.model.clone(), self.redactor.clone(), done.clone());
             tokio::spawn(async move {
                 let started = std::time::Instant::now();
                 let (message, usage) = match &model {
+                    Some(_) if !within_budget => (
+                        WorkerMessage::ModelError {
+                            id: request.id,
+                            message: "this run has made all the model calls its max_steps allow".into(),
+                        },
+                        models::Usage::default(),
+                    ),
                     Some(model) => models::call(&http, model, &redactor, &request).await,
                     None => (
                         WorkerMessage::ModelError {
@@ -486,10 +659,22 @@ impl Run<'_> {
         }
     }
 
-    fn apply_line(&mut self, line: &str, progress: &mut Progress) {
-        match serde_json::from_str::<AgentEvent>(line) {
-            Ok(event) => self.state.apply(event, progress),
-            Err(_) => self.state.apply_garbage(line, progress),
+    /// Records one line of the agent's channel: an event (cut to size), or
+    /// a warning that shows what came instead.
+    fn apply_line(&mut self, line: Line, progress: &mut Progress) {
+        let event = match line.cut_from {
+            None => serde_json::from_str::<AgentEvent>(&line.text).ok(),
+            Some(_) => None,
+        };
+        match event {
+            Some(event) => self.state.apply(event.bounded(), progress),
+            None => {
+                let mut text = flywheel_model::protocol::cut_text(line.text, 1024);
+                if let Some(len) = line.cut_from {
+                    text.push_str(&format!(" …[a line of {len} bytes, cut]"));
+                }
+                self.state.apply_garbage(&text, progress)
+            }
         }
     }
 
@@ -499,6 +684,7 @@ impl Run<'_> {
         if !self.state.pending_artifacts.is_empty() {
             self.store_artifacts_into(&mut progress).await;
         }
+        self.cap_entries(&mut progress);
         if progress.is_empty() {
             return Ok(());
         }
@@ -535,6 +721,26 @@ impl Run<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// Keeps the run's log within [`MAX_LOG_ENTRIES`]: past it, entries are
+    /// dropped (one warning says so when the limit is reached, and the end
+    /// of the run says how many).
+    fn cap_entries(&mut self, progress: &mut Progress) {
+        let room = MAX_LOG_ENTRIES.saturating_sub(self.entries_stored);
+        if progress.entries.len() > room {
+            let dropped = progress.entries.len() - room;
+            progress.entries.truncate(room);
+            if self.entries_dropped == 0 {
+                progress.entries.push(NewLogEntry::new(
+                    LogKind::Log,
+                    LogLevel::Warn,
+                    format!("this execution has logged {MAX_LOG_ENTRIES} entries; later ones are not stored"),
+                ));
+            }
+            self.entries_dropped += dropped;
+        }
+        self.entries_stored += progress.entries.len();
     }
 
     fn redact(&self, progress: &mut Progress) {
@@ -580,27 +786,30 @@ impl Run<'_> {
     }
 
     /// Copies one file from the sandbox's artifacts dir into the artifact
-    /// store and indexes it. Only regular files: a symlink the sandbox made
-    /// must not make the worker read host files.
+    /// store and indexes it. The file is opened without following links and
+    /// must be a regular file of the work dir (see [`crate::sandbox_files`]);
+    /// it is streamed, and masked on the way when it may hold text.
     async fn store_agent_file(&self, name: &str, kind: &str) -> anyhow::Result<u64> {
         anyhow::ensure!(is_safe_name(name), "the name {name:?} is not allowed");
         anyhow::ensure!(name != OUTPUT_ARTIFACT && name != LOGS_ARTIFACT, "the name {name:?} is reserved");
-        let path = self.work_dir.join("artifacts").join(name);
-        let meta =
-            tokio::fs::symlink_metadata(&path).await.with_context(|| format!("no file {name} in the artifacts dir"))?;
-        anyhow::ensure!(meta.file_type().is_file(), "{name} is not a regular file");
-        // A file the run wrote may hold a secret it used: mask it, like logs
-        // and outputs. Screenshots and the video are pixels, not text.
-        if !self.redactor.is_empty() && kind != "screenshot" && kind != "video" {
-            let bytes = tokio::fs::read(&path).await.with_context(|| format!("could not read {name}"))?;
-            if let Some(masked) = self.redactor.redact_bytes(&bytes) {
-                let size = masked.len() as u64;
-                self.deps.artifacts.put_bytes(self.lease.execution, name, Bytes::from(masked)).await?;
-                self.index_artifact(name, kind, size).await?;
-                return Ok(size);
-            }
-        }
-        let size = self.deps.artifacts.put_file(self.lease.execution, name, &path).await?;
+        let (work_dir, file_name) = (self.work_dir.clone(), name.to_owned());
+        let (file, size) = tokio::task::spawn_blocking(move || ArtifactsDir::open(&work_dir)?.open_file(&file_name))
+            .await
+            .context("opening the file")?
+            .map_err(anyhow::Error::msg)?;
+        let limit = self.deps.config.sandbox.disk_bytes;
+        anyhow::ensure!(
+            limit == 0 || size <= limit,
+            "{name} is {size} bytes, more than the sandbox's disk limit of {limit} bytes"
+        );
+        let file = tokio::fs::File::from_std(file);
+        // Screenshots and the video are pixels, not text: stored as they are.
+        let reader: ArtifactReader = if self.redactor.is_empty() || kind == "screenshot" || kind == "video" {
+            Box::new(file)
+        } else {
+            masked_reader(file, &self.redactor)
+        };
+        let size = self.deps.artifacts.put_reader(self.lease.execution, name, reader).await?;
         self.index_artifact(name, kind, size).await?;
         Ok(size)
     }
@@ -625,18 +834,36 @@ impl Run<'_> {
     /// Files the agent left in its artifacts dir without announcing them
     /// (downloads, files written by shell steps) become `file` artifacts.
     async fn collect_unannounced_files(&mut self) {
-        let dir = self.work_dir.join("artifacts");
-        let Ok(mut entries) = tokio::fs::read_dir(&dir).await else { return };
+        let work_dir = self.work_dir.clone();
+        let names = match tokio::task::spawn_blocking(move || ArtifactsDir::open(&work_dir)?.names()).await {
+            Ok(Ok(names)) => names,
+            Ok(Err(why)) => {
+                let entry = NewLogEntry::new(LogKind::Log, LogLevel::Warn, format!("no files were collected: {why}"));
+                let _ = self.persist(Progress { entries: vec![entry], ..Default::default() }).await;
+                return;
+            }
+            Err(_) => return,
+        };
         let known: std::collections::HashSet<String> = match self.deps.store.list_artifacts(self.lease.execution).await
         {
             Ok(list) => list.into_iter().map(|a| a.name).collect(),
             Err(_) => return,
         };
-        while let Ok(Some(entry)) = entries.next_entry().await {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !known.contains(&name) {
-                self.state.pending_artifacts.push((name, "file".to_owned(), None));
-            }
+        // A run cannot flood the artifact store with names either.
+        const MAX_FILES: usize = 1000;
+        let mut names: Vec<String> = names.into_iter().filter(|n| !known.contains(n)).collect();
+        names.sort();
+        if names.len() > MAX_FILES {
+            let entry = NewLogEntry::new(
+                LogKind::Log,
+                LogLevel::Warn,
+                format!("the run left {} files; only the first {MAX_FILES} are stored", names.len()),
+            );
+            let _ = self.persist(Progress { entries: vec![entry], ..Default::default() }).await;
+            names.truncate(MAX_FILES);
+        }
+        for name in names {
+            self.state.pending_artifacts.push((name, "file".to_owned(), None));
         }
         self.store_announced_artifacts().await;
     }
@@ -760,16 +987,42 @@ fn push_tail(tail: &mut String, line: &str) {
 }
 
 /// Reads what is left on stderr once the sandbox is gone (bounded in time).
-async fn drain_stderr<R: tokio::io::AsyncBufRead + Unpin>(stderr: &mut Lines<R>, tail: &mut String, open: bool) {
+async fn drain_stderr<R: tokio::io::AsyncRead + Unpin>(stderr: &mut BoundedLines<R>, tail: &mut String, open: bool) {
     if !open {
         return;
     }
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while let Ok(Some(line)) = stderr.next_line().await {
-            push_tail(tail, &line);
+            push_tail(tail, &diagnostic_text(line));
         }
     })
     .await;
+}
+
+/// A line of diagnostics as text, saying so when it was cut.
+fn diagnostic_text(line: Line) -> String {
+    match line.cut_from {
+        Some(len) => format!("{} …[a line of {len} bytes, cut]", line.text),
+        None => line.text,
+    }
+}
+
+/// A file's bytes, masked a chunk at a time (a secret split between two
+/// chunks is still masked; the file is never whole in memory).
+fn masked_reader(file: tokio::fs::File, redactor: &Redactor) -> ArtifactReader {
+    let chunks = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+    let masked = futures::stream::unfold((chunks, Some(redactor.stream())), |(mut chunks, mut masker)| async move {
+        let current = masker.as_mut()?;
+        match chunks.next().await {
+            Some(Ok(chunk)) => Some((Ok(Bytes::from(current.push(&chunk))), (chunks, masker))),
+            Some(Err(err)) => Some((Err(err), (chunks, None))),
+            None => {
+                let rest = current.finish();
+                Some((Ok(Bytes::from(rest)), (chunks, None)))
+            }
+        }
+    });
+    Box::new(tokio_util::io::StreamReader::new(Box::pin(masked)))
 }
 
 #[cfg(test)]

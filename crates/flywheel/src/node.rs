@@ -13,8 +13,10 @@ use flywheel_store::sqlite::{Durability, SqliteStore};
 use flywheel_store::{ArtifactStore, LocalArtifactStore, Store};
 use flywheel_worker::models::{ModelSettings, ProviderSettings};
 use flywheel_worker::runtime::bubblewrap::{BubblewrapConfig, BubblewrapRuntime};
+use flywheel_worker::runtime::cgroup::Cgroups;
 use flywheel_worker::runtime::docker::{DockerConfig, DockerRuntime};
-use flywheel_worker::{BrowserSettings, Dispatcher, Runtime, Signals, StopReason, WorkerConfig};
+use flywheel_worker::runtime::{SandboxLimits, SandboxNetwork};
+use flywheel_worker::{BrowserSettings, Dispatcher, Runtime, SandboxSettings, Signals, StopReason, WorkerConfig};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -107,9 +109,33 @@ pub struct WorkerArgs {
     /// The OpenAI-compatible model of workflows that name none.
     #[arg(long, env = "OPENAI_COMPATIBLE_MODEL")]
     pub openai_compatible_model: Option<String>,
-    /// Give sandboxes no network at all (http steps and browsers then only reach nothing).
-    #[arg(long, env = "FLYWHEEL_SANDBOX_NO_NETWORK", value_parser = clap::builder::BoolishValueParser::new())]
+    /// How sandboxes reach the network: `isolated` (a network of their own
+    /// whose only way out is this node's egress proxy, which applies the URL
+    /// allowlist to every connection, refuses private addresses and logs each
+    /// connection), `host` (the machine's network, as it is; the allowlist is
+    /// then only applied by the browser and http steps) or `none`.
+    #[arg(long, env = "FLYWHEEL_SANDBOX_NETWORK", default_value = "isolated", value_parser = ["isolated", "host", "none"])]
+    pub sandbox_network: String,
+    /// Same as --sandbox-network none (kept for existing setups).
+    #[arg(long, hide = true, env = "FLYWHEEL_SANDBOX_NO_NETWORK", value_parser = clap::builder::BoolishValueParser::new())]
     pub sandbox_no_network: bool,
+    /// Let the egress proxy connect to private, loopback and link-local
+    /// addresses (10.0.0.0/8, 127.0.0.1, 169.254.169.254, …) for every
+    /// workflow. Without it, only hosts a workflow's url_allowlist names.
+    #[arg(long, env = "FLYWHEEL_SANDBOX_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub sandbox_allow_private: bool,
+    /// Memory of each sandbox, e.g. 2g or 512m, its /tmp included (0: no limit).
+    #[arg(long, alias = "docker-memory", env = "FLYWHEEL_SANDBOX_MEMORY", default_value = "2g", value_parser = parse_bytes)]
+    pub sandbox_memory: i64,
+    /// Most processes and threads in each sandbox (0: no limit).
+    #[arg(long, alias = "docker-pids", env = "FLYWHEEL_SANDBOX_PIDS", default_value_t = 1024)]
+    pub sandbox_pids: u64,
+    /// Disk of each sandbox, e.g. 1g: at most this much in /work, and the size of its /tmp (0: no limit).
+    #[arg(long, env = "FLYWHEEL_SANDBOX_DISK", default_value = "1g", value_parser = parse_bytes)]
+    pub sandbox_disk: i64,
+    /// CPUs of each sandbox, e.g. 1.5 (0: no limit).
+    #[arg(long, alias = "docker-cpus", env = "FLYWHEEL_SANDBOX_CPUS", default_value_t = 0.0)]
+    pub sandbox_cpus: f64,
     /// On SIGTERM, how long running executions may take to finish before they are ended, in seconds.
     #[arg(long, env = "FLYWHEEL_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
@@ -130,16 +156,8 @@ pub struct WorkerArgs {
     /// The flywheel binary inside that image.
     #[arg(long, env = "FLYWHEEL_DOCKER_AGENT", default_value = "/usr/local/bin/flywheel")]
     pub docker_agent: String,
-    /// Memory limit of each container, e.g. 2g or 512m (0: none).
-    #[arg(long, env = "FLYWHEEL_DOCKER_MEMORY", default_value = "2g", value_parser = parse_bytes)]
-    pub docker_memory: i64,
-    /// CPUs of each container, e.g. 1.5 (0: no limit).
-    #[arg(long, env = "FLYWHEEL_DOCKER_CPUS", default_value_t = 1.0)]
-    pub docker_cpus: f64,
-    /// Most processes and threads in each container (0: no limit).
-    #[arg(long, env = "FLYWHEEL_DOCKER_PIDS", default_value_t = 1024)]
-    pub docker_pids: i64,
-    /// Network of each container: bridge, none, host or a network's name.
+    /// The Docker network of each container with --sandbox-network host:
+    /// bridge, host or a network's name.
     #[arg(long, env = "FLYWHEEL_DOCKER_NETWORK", default_value = "bridge")]
     pub docker_network: String,
 }
@@ -162,6 +180,24 @@ fn parse_bytes(raw: &str) -> Result<i64, String> {
         return Err("a size cannot be negative".into());
     }
     Ok((n * scale) as i64)
+}
+
+impl WorkerArgs {
+    fn network(&self) -> SandboxNetwork {
+        if self.sandbox_no_network {
+            return SandboxNetwork::None;
+        }
+        self.sandbox_network.parse().unwrap_or(SandboxNetwork::Isolated)
+    }
+
+    fn limits(&self) -> SandboxLimits {
+        SandboxLimits {
+            memory_bytes: u64::try_from(self.sandbox_memory).unwrap_or(0),
+            pids: self.sandbox_pids,
+            cpus: self.sandbox_cpus.max(0.0),
+            disk_bytes: u64::try_from(self.sandbox_disk).unwrap_or(0),
+        }
+    }
 }
 
 /// An opened node: its data dir (locked), store, artifacts, secrets and signals.
@@ -381,6 +417,10 @@ fn find_chromium(configured: Option<&Path>) -> PathBuf {
 /// `sandbox_error` that says what to install.
 pub async fn dispatcher(node: &Node, args: &WorkerArgs, dedicated: bool) -> anyhow::Result<(Dispatcher, WorkerConfig)> {
     let node_id = format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple());
+    let global_allowlist: Vec<String> =
+        args.url_allowlist.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+    flywheel_model::allowlist::check_entries(&global_allowlist)
+        .map_err(|(_, why)| anyhow::anyhow!("--url-allowlist: {why}"))?;
     // Inside a container the browser is the image's, not this machine's.
     let chromium = match args.runtime.as_str() {
         "docker" => args.chromium_path.clone().unwrap_or_else(|| PathBuf::from(IMAGE_CHROMIUM)),
@@ -391,12 +431,9 @@ pub async fn dispatcher(node: &Node, args: &WorkerArgs, dedicated: bool) -> anyh
             DockerRuntime::connect(DockerConfig {
                 image: args.docker_image.clone(),
                 agent_path: args.docker_agent.clone(),
-                memory_bytes: args.docker_memory,
-                cpus: args.docker_cpus,
-                pids_limit: args.docker_pids,
-                // --sandbox-no-network means no network, whatever the runtime.
-                network_mode: if args.sandbox_no_network { "none".to_owned() } else { args.docker_network.clone() },
-                tmpfs_bytes: 512 << 20,
+                limits: args.limits(),
+                network: args.network(),
+                host_network: args.docker_network.clone(),
                 node_id: node_id.clone(),
                 deployment: node.deployment.clone(),
             })
@@ -412,12 +449,28 @@ pub async fn dispatcher(node: &Node, args: &WorkerArgs, dedicated: bool) -> anyh
             // A browser installed outside /usr must be visible in the sandbox too.
             let chromium_dir = chromium.canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf));
             let extra_ro_binds = chromium_dir.into_iter().filter(|dir| !dir.starts_with("/usr")).collect();
+            let limits = args.limits();
+            let cgroups = match Cgroups::detect(limits) {
+                Ok(cgroups) => {
+                    info!(cgroups = %cgroups.describe(), "sandboxes get a cgroup each for their memory, process and CPU limits");
+                    Some(cgroups)
+                }
+                Err(why) => {
+                    warn!(
+                        "sandboxes run WITHOUT memory, process and CPU limits: {why} (run Flywheel as root, or give it \
+                         a delegated cgroup, e.g. systemd's Delegate=yes; the disk limit still applies)"
+                    );
+                    None
+                }
+            };
             Arc::new(
                 BubblewrapRuntime::new(BubblewrapConfig {
                     bwrap: args.bwrap_path.clone(),
                     agent_exe: std::env::current_exe().context("could not find the flywheel binary")?,
                     hidden_paths: vec![node.data_dir.clone()],
-                    isolate_network: args.sandbox_no_network,
+                    network: args.network(),
+                    limits,
+                    cgroups,
                     etc_dir: node.data_dir.join("sandbox-etc"),
                     extra_ro_binds,
                 })
@@ -451,12 +504,12 @@ pub async fn dispatcher(node: &Node, args: &WorkerArgs, dedicated: bool) -> anyh
             executable: chromium,
             viewport_width: args.viewport.0,
             viewport_height: args.viewport.1,
-            global_allowlist: args
-                .url_allowlist
-                .iter()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
+        },
+        global_allowlist,
+        sandbox: SandboxSettings {
+            network: args.network(),
+            allow_private: args.sandbox_allow_private,
+            disk_bytes: args.limits().disk_bytes,
         },
     };
     let dispatcher = Dispatcher::new(

@@ -81,6 +81,9 @@ impl Cluster {
         args.extend(["--artifacts".into(), self.dir.path().join("artifacts").to_string_lossy().into()]);
         if command == "serve" {
             args.extend(["--no-workers".into(), "--listen".into(), "127.0.0.1:0".into()]);
+        } else {
+            // The tests' own servers are on 127.0.0.1.
+            args.push("--sandbox-allow-private".into());
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let log = self.dir.path().join(format!("node-{index}.log"));

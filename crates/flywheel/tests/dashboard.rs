@@ -216,6 +216,7 @@ impl Ui {
             width,
             height,
             allowlist: Default::default(),
+            proxy: None,
             video: None,
             downloads_dir: scratch.path().join("downloads"),
             scratch_dir: scratch.path().join("scratch"),

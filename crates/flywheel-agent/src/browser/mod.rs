@@ -8,17 +8,16 @@
 //! steps need: navigate, evaluate, find elements, mouse and keyboard input,
 //! screenshots.
 
-pub mod allowlist;
 pub mod cdp;
 pub mod keys;
 pub mod recorder;
 
 use crate::emit::Emitter;
-use allowlist::Allowlist;
 use anyhow::{anyhow, bail, Context};
 use cdp::{Cdp, CdpEvent};
 use command_fds::{CommandFdExt, FdMapping};
-use flywheel_model::protocol::AgentEvent;
+use flywheel_model::allowlist::Allowlist;
+use flywheel_model::protocol::{AgentEvent, REFUSED_HEADER};
 use futures::future::try_join_all;
 use nix::fcntl::OFlag;
 use recorder::Recorder;
@@ -41,6 +40,9 @@ pub struct BrowserOptions {
     pub width: u32,
     pub height: u32,
     pub allowlist: Allowlist,
+    /// The egress proxy every connection of the browser goes through
+    /// (loopback included), when the sandbox has one.
+    pub proxy: Option<String>,
     /// Where to record the screen to (an `.mp4`), if at all.
     pub video: Option<PathBuf>,
     /// Where downloads land (the artifacts dir).
@@ -60,6 +62,8 @@ struct PageState {
     /// True from a main-frame navigation start until its load event.
     loading: watch::Sender<bool>,
     url: Mutex<String>,
+    /// Why the egress proxy refused the main frame's last document, if it did.
+    refused: Mutex<Option<String>>,
 }
 
 /// The one page of an execution.
@@ -108,11 +112,25 @@ fn chromium_args(options: &BrowserOptions) -> Vec<String> {
         // Frames stay in the page's process, so the page's request
         // interception sees their requests too.
         "--disable-site-isolation-trials",
-        "--disable-features=Translate,MediaRouter,OptimizationHints,IsolateOrigins,site-per-process,DialMediaRouteProvider,AutofillServerCommunication",
+        // Nothing of Chromium's own reaches the network: no pings, no time,
+        // update or leak checks (the egress proxy would refuse them anyway).
+        "--no-pings",
+        "--no-service-autorun",
+        "--metrics-recording-only",
+        "--disable-field-trial-config",
+        "--disable-component-extensions-with-background-pages",
+        "--disable-domain-reliability",
+        "--disable-client-side-phishing-detection",
+        "--disable-features=Translate,MediaRouter,OptimizationHints,IsolateOrigins,site-per-process,DialMediaRouteProvider,AutofillServerCommunication,NetworkTimeServiceQuerying,PasswordLeakDetection,CertificateTransparencyComponentUpdater,SafeBrowsing",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    if let Some(proxy) = &options.proxy {
+        args.push(format!("--proxy-server={proxy}"));
+        // Loopback too: the proxy decides whether it may be reached.
+        args.push("--proxy-bypass-list=<-loopback>".into());
+    }
     args.push(format!("--user-data-dir={}", profile.display()));
     args.push(format!("--window-size={},{}", options.width, options.height));
     args.push("about:blank".into());
@@ -203,7 +221,7 @@ impl Browser {
         let attached = cdp.call("Target.attachToTarget", json!({"targetId": target_id, "flatten": true}), None).await?;
         let session = attached["sessionId"].as_str().context("no session id")?.to_owned();
         let (loading, _) = watch::channel(false);
-        let state = Arc::new(PageState { loading, url: Mutex::new("about:blank".into()) });
+        let state = Arc::new(PageState { loading, url: Mutex::new("about:blank".into()), refused: Mutex::new(None) });
         let frame_tree = cdp.call("Page.getFrameTree", json!({}), Some(&session)).await?;
         let main_frame = frame_tree["frameTree"]["frame"]["id"].as_str().unwrap_or_default().to_owned();
         let watcher = tokio::spawn(watch_events(
@@ -381,6 +399,13 @@ async fn watch_events(
                     request_urls.insert(id.to_owned(), url.to_owned());
                 }
             }
+            "Network.responseReceived" if p["type"] == "Document" && p["frameId"] == main_frame.as_str() => {
+                let headers = p["response"]["headers"].as_object();
+                let refused = headers.and_then(|h| {
+                    h.iter().find(|(k, _)| k.eq_ignore_ascii_case(REFUSED_HEADER)).and_then(|(_, v)| v.as_str())
+                });
+                *state.refused.lock().unwrap_or_else(|e| e.into_inner()) = refused.map(str::to_owned);
+            }
             "Network.loadingFailed" => {
                 let url = p["requestId"].as_str().and_then(|id| request_urls.get(id)).cloned().unwrap_or_default();
                 let reason = p["errorText"].as_str().unwrap_or("failed");
@@ -530,6 +555,7 @@ impl Page {
             bail!("navigation to {url} is blocked: it is not in url_allowlist");
         }
         self.state.loading.send_replace(true);
+        self.state.refused.lock().unwrap_or_else(|e| e.into_inner()).take();
         let result = self.cdp.call("Page.navigate", json!({"url": url}), self.s()).await?;
         if let Some(error) = result.get("errorText").and_then(Value::as_str) {
             self.state.loading.send_replace(false);
@@ -539,7 +565,11 @@ impl Page {
             // Same-document navigation (a #fragment): nothing loads.
             self.state.loading.send_replace(false);
         }
-        self.wait_loaded(deadline).await.with_context(|| format!("{url} did not finish loading"))
+        self.wait_loaded(deadline).await.with_context(|| format!("{url} did not finish loading"))?;
+        if let Some(why) = self.state.refused.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            bail!("could not open {url}: {why}");
+        }
+        Ok(())
     }
 
     pub async fn mouse_move(&self, x: f64, y: f64) -> anyhow::Result<()> {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 const DEFAULT_TIMEOUT_SECS: f64 = 30.0;
 /// Largest response body read.
 const MAX_BODY: usize = 10 * 1024 * 1024;
+/// Most redirects followed.
+const MAX_REDIRECTS: usize = 10;
 
 pub async fn run(ctx: &mut RunContext, index: u32, step: &HttpStep, timeout: Option<f64>) -> anyhow::Result<()> {
     let method = reqwest::Method::from_bytes(step.method.to_ascii_uppercase().as_bytes())
@@ -21,7 +23,28 @@ pub async fn run(ctx: &mut RunContext, index: u32, step: &HttpStep, timeout: Opt
     if !matches!(url.scheme(), "http" | "https") {
         bail!("only http and https URLs are supported, not {:?}", url.scheme());
     }
-    let client = reqwest::Client::builder()
+    if !ctx.allowlist.allows(url.as_str()) {
+        bail!("{method} {url} is blocked: it is not in url_allowlist");
+    }
+    // A redirect is a request too: it must stay inside the allowlist.
+    let allowlist = ctx.allowlist.clone();
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else if allowlist.allows(attempt.url().as_str()) {
+            attempt.follow()
+        } else {
+            let blocked = format!("a redirect to {} is blocked: it is not in url_allowlist", attempt.url());
+            attempt.error(blocked)
+        }
+    });
+    // Through the egress proxy when the sandbox has one (HTTP_PROXY says so
+    // too; this does not depend on it).
+    let mut client = reqwest::Client::builder().redirect(redirects);
+    if let Some(proxy) = &ctx.proxy {
+        client = client.proxy(reqwest::Proxy::all(proxy).context("the egress proxy's address")?);
+    }
+    let client = client
         .timeout(Duration::from_secs_f64(timeout.unwrap_or(DEFAULT_TIMEOUT_SECS)))
         .user_agent(concat!("flywheel-agent/", env!("CARGO_PKG_VERSION")))
         .build()

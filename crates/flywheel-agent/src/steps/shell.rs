@@ -18,8 +18,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
-/// Longest log line kept; the rest of a longer line is cut.
-const MAX_LINE: usize = 16 * 1024;
+/// Longest log line kept; the rest of a longer line is cut (and the line
+/// says so, within what an event may carry).
+const MAX_LINE: usize = flywheel_model::protocol::MAX_EVENT_TEXT - 256;
 /// Log lines a single step may produce before the rest is only counted.
 const MAX_LOG_LINES: usize = 10_000;
 /// Most stdout kept for a named value.
@@ -86,6 +87,9 @@ pub async fn run(ctx: &mut RunContext, index: u32, step: &ShellStep) -> anyhow::
 }
 
 /// Forwards lines from a pipe as log lines, keeping the text in `capture`.
+/// A line is read up to [`MAX_LINE`] bytes; the rest of a longer one is
+/// skipped (and said to be), so a step that prints a line without end
+/// cannot make the agent hold it.
 async fn pump(
     pipe: impl AsyncRead + Unpin,
     emitter: crate::emit::Emitter,
@@ -94,32 +98,44 @@ async fn pump(
     capture: Option<Arc<Mutex<String>>>,
 ) {
     let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::new();
+    let mut line = Vec::new();
+    let mut line_len = 0usize;
     let mut lines = 0usize;
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let text = String::from_utf8_lossy(&buf);
-        if let Some(Ok(mut captured)) = capture.as_ref().map(|c| c.lock()) {
-            if captured.len() < MAX_CAPTURE {
-                captured.push_str(&text);
+        let (ended, used) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => (line_len > 0, 0),
+            Ok(buf) => {
+                let newline = buf.iter().position(|b| *b == b'\n');
+                let used = newline.map_or(buf.len(), |at| at + 1);
+                let room = MAX_LINE.saturating_sub(line.len());
+                line.extend_from_slice(&buf[..used.min(room)]);
+                line_len += used;
+                if let Some(Ok(mut captured)) = capture.as_ref().map(|c| c.lock()) {
+                    let room = MAX_CAPTURE.saturating_sub(captured.len());
+                    captured.push_str(&String::from_utf8_lossy(&buf[..used.min(room)]));
+                }
+                (newline.is_some(), used)
             }
+        };
+        if used == 0 && !ended {
+            break;
+        }
+        reader.consume(used);
+        if !ended {
+            continue;
         }
         lines += 1;
         if lines <= MAX_LOG_LINES {
-            let mut line = text.trim_end_matches(['\n', '\r']).to_owned();
-            if line.len() > MAX_LINE {
-                let mut cut = MAX_LINE;
-                while !line.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                line.truncate(cut);
-                line.push_str(" …[line cut]");
+            let mut text = String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_owned();
+            if line_len > MAX_LINE {
+                text.push_str(&format!(" …[line cut: {line_len} bytes]"));
             }
-            emitter.log(level, line, Some(step));
+            emitter.log(level, text, Some(step));
+        }
+        line.clear();
+        line_len = 0;
+        if used == 0 {
+            break;
         }
     }
     if lines > MAX_LOG_LINES {

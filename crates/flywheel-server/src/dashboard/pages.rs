@@ -173,8 +173,8 @@ pub async fn login(State(app): State<Arc<App>>, headers: HeaderMap, Form(form): 
     let key = form.get("key").map_or("", |k| k.trim());
     let hash = crate::auth::hash_key(key);
     match app.store.find_api_key(&hash).await {
-        Ok(Some(_)) => {
-            let (cookie, _) = session::issue(&app, &hash);
+        Ok(Some(key)) => {
+            let (cookie, _) = session::issue(&app, key.id);
             redirect_with_cookies(
                 &safe_next(Some(&next)),
                 &[session::set_cookie(&app, SESSION_COOKIE, &cookie, SESSION_TTL), session::clear_cookie(LOGIN_COOKIE)],

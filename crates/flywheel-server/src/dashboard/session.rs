@@ -1,7 +1,9 @@
 //! Dashboard sessions and CSRF tokens.
 //!
-//! Signing in with an API key sets `flywheel_session`: the key's hash, the
-//! time it was issued and a random nonce, signed with the server's key;
+//! Signing in with an API key sets `flywheel_session`: the key's id (a
+//! random uuid, nothing derived from the key: a copied cookie tells nothing
+//! about the key), the time it was issued and a random nonce, signed with
+//! the server's key;
 //! HttpOnly, SameSite=Strict, Secure when the public URL is https. The key
 //! itself is never stored in the cookie. A session lasts [`SESSION_TTL`],
 //! or until its key signs out (which ends every session of that key, in
@@ -23,7 +25,8 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// A signed-in browser.
 #[derive(Debug, Clone)]
 pub struct Session {
-    pub key_hash: String,
+    /// The id of the key that signed in.
+    pub key_id: uuid::Uuid,
     pub nonce: String,
     /// The token forms must carry.
     pub csrf: String,
@@ -48,13 +51,13 @@ pub fn csrf_matches(app: &App, nonce: &str, token: Option<&String>) -> bool {
     token.is_some_and(|t| t.len() == 32 && app.signer.check_mac_hex("csrf", nonce, t))
 }
 
-/// The cookie value of a new session for the key with this hash.
-pub fn issue(app: &App, key_hash: &str) -> (String, Session) {
+/// The cookie value of a new session for the key with this id.
+pub fn issue(app: &App, key_id: uuid::Uuid) -> (String, Session) {
     let nonce = random_token();
-    let payload = b64(&format!("{key_hash}:{}:{nonce}", now_ms()));
+    let payload = b64(&format!("{key_id}:{}:{nonce}", now_ms()));
     let value = format!("{payload}.{}", app.signer.mac_hex("session", &payload));
     let csrf = csrf_for(app, &nonce);
-    (value, Session { key_hash: key_hash.to_owned(), nonce, csrf })
+    (value, Session { key_id, nonce, csrf })
 }
 
 /// `name=value` of a cookie header, if present.
@@ -79,20 +82,21 @@ pub async fn from_headers(app: &App, headers: &HeaderMap) -> Option<Session> {
     }
     let decoded = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
     let mut parts = decoded.splitn(3, ':');
-    let (key_hash, issued_ms, nonce) = (parts.next()?, parts.next()?.parse::<i64>().ok()?, parts.next()?);
+    let (key_id, issued_ms, nonce) =
+        (uuid::Uuid::parse_str(parts.next()?).ok()?, parts.next()?.parse::<i64>().ok()?, parts.next()?);
     if issued_ms + SESSION_TTL.as_millis() as i64 <= now_ms() {
         return None;
     }
-    let key = app.store.find_api_key(key_hash).await.ok().flatten()?;
+    let key = app.store.get_api_key(key_id).await.ok().flatten()?;
     if issued_ms <= key.sessions_not_before {
         return None;
     }
-    Some(Session { key_hash: key_hash.to_owned(), nonce: nonce.to_owned(), csrf: csrf_for(app, nonce) })
+    Some(Session { key_id, nonce: nonce.to_owned(), csrf: csrf_for(app, nonce) })
 }
 
 /// Signs out: ends every session of this session's key, in every browser.
 pub async fn end(app: &App, session: &Session) -> Result<(), flywheel_store::StoreError> {
-    app.store.end_sessions(&session.key_hash, now_ms()).await
+    app.store.end_sessions(session.key_id, now_ms()).await
 }
 
 /// `Set-Cookie` for a cookie with the dashboard's attributes.

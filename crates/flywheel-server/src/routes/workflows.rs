@@ -62,7 +62,7 @@ pub fn validate_specification(spec: &Value) -> Result<ParsedSpecification, ApiEr
     let parsed = Specification::parse(spec)
         .map_err(|errors| ApiError::Validation(errors.into_iter().map(|e| e.prefixed(&prefix)).collect()))?;
     let mut errors = Vec::new();
-    for key in ["steps", "start_url"] {
+    for key in ["steps", "start_url", "prompt"] {
         if let Some(value) = parsed.normalized.get(key) {
             check_templates(value, &mut vec![LocSegment::from(key)], &mut errors);
         }
@@ -86,17 +86,27 @@ pub fn validate_specification(spec: &Value) -> Result<ParsedSpecification, ApiEr
 }
 
 /// Reports template syntax errors in every string of `value` (undefined
-/// names are only known when it runs).
+/// names are only known when it runs). A template too large or nested too
+/// deeply is refused before the parser sees it: its recursion would
+/// overflow the stack and take the server down.
 fn check_templates(value: &Value, loc: &mut Vec<LocSegment>, errors: &mut Vec<FieldError>) {
     match value {
-        Value::String(s) if s.contains("{{") || s.contains("{%") => {
+        Value::String(s) if flywheel_model::template::is_template(s) => {
+            if let Err(why) = flywheel_model::template::check_bounds(s) {
+                errors.push(FieldError::new(loc.clone(), "template_error", format!("invalid template: {why}")));
+                return;
+            }
             let env = minijinja::Environment::new();
             if let Err(err) = env.template_from_str(s) {
                 let detail = err.detail().map(|d| format!(": {d}")).unwrap_or_default();
                 errors.push(FieldError::new(
                     loc.clone(),
                     "template_error",
-                    format!("invalid template {s:?}: {}{detail}", err.kind()),
+                    format!(
+                        "invalid template {:?}: {}{detail}",
+                        flywheel_model::protocol::cut_text(s.clone(), 200),
+                        err.kind()
+                    ),
                 ));
             }
         }

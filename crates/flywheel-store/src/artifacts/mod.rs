@@ -30,11 +30,17 @@ pub struct ArtifactBody {
     pub stream: BoxStream<'static, std::io::Result<Bytes>>,
 }
 
+/// The source of an artifact's bytes.
+pub type ArtifactReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
 /// Where artifact bytes live.
 #[async_trait]
 pub trait ArtifactStore: Send + Sync + 'static {
-    /// Stores the file at `path` as artifact `name`; returns its size.
-    async fn put_file(&self, execution: Uuid, name: &str, path: &Path) -> anyhow::Result<u64>;
+    /// Stores what `reader` yields as artifact `name`, streamed (never
+    /// whole in memory); returns its size. The caller opens the source: a
+    /// file of a sandbox is opened without following links (see the worker's
+    /// `sandbox_files`), never by a path this store would follow.
+    async fn put_reader(&self, execution: Uuid, name: &str, reader: ArtifactReader) -> anyhow::Result<u64>;
     /// Stores `bytes` as artifact `name`.
     async fn put_bytes(&self, execution: Uuid, name: &str, bytes: Bytes) -> anyhow::Result<()>;
     /// Opens an artifact, optionally a byte range of it (for video seeking).
@@ -135,16 +141,24 @@ pub fn is_safe_name(name: &str) -> bool {
 
 #[async_trait]
 impl ArtifactStore for LocalArtifactStore {
-    async fn put_file(&self, execution: Uuid, name: &str, path: &Path) -> anyhow::Result<u64> {
+    async fn put_reader(&self, execution: Uuid, name: &str, mut reader: ArtifactReader) -> anyhow::Result<u64> {
         let target = self.root.join(execution.to_string());
         anyhow::ensure!(is_safe_name(name), "invalid artifact name {name:?}");
         tokio::fs::create_dir_all(&target).await.with_context(|| format!("could not create {}", target.display()))?;
-        // On one file system a copy is all object_store would do too, without
-        // holding the file in memory.
-        let size = tokio::fs::copy(path, target.join(name))
-            .await
-            .with_context(|| format!("could not store artifact {name} from {}", path.display()))?;
-        Ok(size)
+        // Written aside and renamed into place, so a reader never sees half a file.
+        let partial = target.join(format!(".{name}.{}.partial", Uuid::now_v7().simple()));
+        let copied = async {
+            let mut file = tokio::fs::File::create(&partial).await?;
+            let size = tokio::io::copy(&mut reader, &mut file).await?;
+            file.sync_data().await?;
+            tokio::fs::rename(&partial, target.join(name)).await?;
+            Ok::<u64, std::io::Error>(size)
+        }
+        .await;
+        if copied.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        copied.with_context(|| format!("could not store artifact {name}"))
     }
 
     async fn put_bytes(&self, execution: Uuid, name: &str, bytes: Bytes) -> anyhow::Result<()> {

@@ -8,7 +8,9 @@
 //! S3-compatible servers `AWS_ENDPOINT` (plus `AWS_ALLOW_HTTP=true` for a
 //! plain-HTTP one).
 
-use super::{content_disposition_for, content_type_for, is_safe_name, open_object, ArtifactBody, ArtifactStore};
+use super::{
+    content_disposition_for, content_type_for, is_safe_name, open_object, ArtifactBody, ArtifactReader, ArtifactStore,
+};
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,7 +20,6 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
 use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -96,10 +97,8 @@ impl S3ArtifactStore {
 
 #[async_trait]
 impl ArtifactStore for S3ArtifactStore {
-    async fn put_file(&self, execution: Uuid, name: &str, path: &Path) -> anyhow::Result<u64> {
+    async fn put_reader(&self, execution: Uuid, name: &str, mut file: ArtifactReader) -> anyhow::Result<u64> {
         let object = self.object_path(execution, name)?;
-        let mut file =
-            tokio::fs::File::open(path).await.with_context(|| format!("could not read {}", path.display()))?;
         let store: Arc<dyn ObjectStore> = self.s3.clone();
         let mut upload =
             BufWriter::with_capacity(store, object, UPLOAD_PART_BYTES).with_attributes(Self::attributes(name));
@@ -111,7 +110,7 @@ impl ArtifactStore for S3ArtifactStore {
             Ok(size) => Ok(size),
             Err(err) => {
                 let _ = upload.abort().await;
-                Err(err).with_context(|| format!("could not upload artifact {name} from {}", path.display()))
+                Err(err).with_context(|| format!("could not upload artifact {name}"))
             }
         }
     }

@@ -566,10 +566,16 @@ impl Store for PostgresStore {
         row.as_ref().map(rows::api_key).transpose()
     }
 
-    async fn end_sessions(&self, key_hash: &str, at_ms: i64) -> StoreResult<()> {
-        sqlx::query("UPDATE api_keys SET sessions_not_before = GREATEST(sessions_not_before, $1) WHERE key_hash = $2")
+    async fn get_api_key(&self, id: Uuid) -> StoreResult<Option<ApiKeyRecord>> {
+        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(rows::api_key).transpose()
+    }
+
+    async fn end_sessions(&self, key_id: Uuid, at_ms: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE api_keys SET sessions_not_before = GREATEST(sessions_not_before, $1) WHERE id = $2")
             .bind(at_ms)
-            .bind(key_hash)
+            .bind(key_id)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -836,18 +836,21 @@ impl Store for SqliteStore {
         row.as_ref().map(rows::api_key).transpose()
     }
 
-    async fn end_sessions(&self, key_hash: &str, at_ms: i64) -> StoreResult<()> {
-        let key_hash = key_hash.to_owned();
+    async fn get_api_key(&self, id: Uuid) -> StoreResult<Option<ApiKeyRecord>> {
+        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.reader).await?;
+        row.as_ref().map(rows::api_key).transpose()
+    }
+
+    async fn end_sessions(&self, key_id: Uuid, at_ms: i64) -> StoreResult<()> {
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE api_keys SET sessions_not_before = MAX(sessions_not_before, ?) WHERE key_hash = ?",
-                    )
-                    .bind(at_ms)
-                    .bind(&key_hash)
-                    .execute(&mut *conn)
-                    .await?;
+                    sqlx::query("UPDATE api_keys SET sessions_not_before = MAX(sessions_not_before, ?) WHERE id = ?")
+                        .bind(at_ms)
+                        .bind(key_id.to_string())
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             })

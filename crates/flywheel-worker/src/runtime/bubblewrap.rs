@@ -1,17 +1,23 @@
 //! The bubblewrap runtime: each execution in a fresh `bwrap` sandbox.
 //!
-//! The sandbox gets new PID, IPC, UTS (and, where possible, cgroup)
-//! namespaces; the system directories (`/usr` and the merged-usr links, a
-//! short list of files from `/etc`) read-only; a private `/tmp`, `/proc` and
-//! `/dev`; its own work dir at `/work` as the only writable place; the
-//! flywheel binary read-only at `/opt/flywheel/flywheel`; a clean environment
-//! and no capabilities. The data dir, the database and the API keys are not
-//! there. `--die-with-parent` plus the PID namespace mean the whole process
-//! tree dies with the sandbox, and with the server if the server is killed.
+//! The sandbox gets new PID, IPC, UTS, network (unless the operator chose
+//! the host's) and, where possible, cgroup namespaces; the system
+//! directories (`/usr` and the merged-usr links, a short list of files from
+//! `/etc`) read-only; a private `/proc`, `/dev` and `/tmp` (a tmpfs of the
+//! disk limit's size); its own work dir at `/work` as the only writable
+//! place; its run dir (the worker's sockets) read-only at `/run/flywheel`;
+//! the flywheel binary read-only at `/opt/flywheel/flywheel`; a clean
+//! environment and no capabilities. The data dir, the database and the API
+//! keys are not there. It runs in a cgroup of its own with its memory,
+//! process and CPU limits (see [`super::cgroup`]), and no file it writes can
+//! grow past the disk limit (`RLIMIT_FSIZE`). `--die-with-parent` plus the
+//! PID namespace mean the whole process tree dies with the sandbox, and
+//! with the server if the server is killed.
 
-use super::{Runtime, Sandbox, SandboxControl, SandboxError, SandboxSpec};
+use super::cgroup::{Cgroups, ExecutionCgroup};
+use super::{Runtime, Sandbox, SandboxControl, SandboxError, SandboxLimits, SandboxNetwork, SandboxSpec};
 use async_trait::async_trait;
-use flywheel_model::protocol::{SANDBOX_JOB_FILE, SANDBOX_WORK_DIR};
+use flywheel_model::protocol::{SANDBOX_JOB_FILE, SANDBOX_RUN_DIR, SANDBOX_WORK_DIR};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -66,8 +72,13 @@ pub struct BubblewrapConfig {
     /// Host paths that must never be visible inside (the data dir), hidden
     /// under an empty tmpfs if a system bind would expose them.
     pub hidden_paths: Vec<PathBuf>,
-    /// Give the sandbox its own empty network namespace (no network at all).
-    pub isolate_network: bool,
+    /// How sandboxes reach the network.
+    pub network: SandboxNetwork,
+    /// Limits of each sandbox.
+    pub limits: SandboxLimits,
+    /// Where each sandbox's cgroup is made; `None` where this host offers
+    /// none (the sandboxes then run without memory, process and CPU limits).
+    pub cgroups: Option<Cgroups>,
     /// Where the sandbox's `/etc` is assembled from [`ETC_FILES`].
     pub etc_dir: PathBuf,
     /// More directories to show read-only at the same path (a browser
@@ -87,7 +98,7 @@ impl BubblewrapRuntime {
     }
 
     /// The bwrap arguments up to (not including) the command.
-    fn sandbox_args(&self, work_dir: &Path, execution: &str) -> Vec<String> {
+    fn sandbox_args(&self, work_dir: &Path, run_dir: &Path, execution: &str, egress_proxy: bool) -> Vec<String> {
         let mut args: Vec<String> = [
             "--die-with-parent",
             "--new-session",
@@ -104,10 +115,10 @@ impl BubblewrapRuntime {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        if self.config.isolate_network {
+        if self.config.network != SandboxNetwork::Host {
             args.push("--unshare-net".into());
         }
-        for (key, value) in super::sandbox_env(execution) {
+        for (key, value) in super::sandbox_env(execution, egress_proxy) {
             args.extend(["--setenv".into(), key.into(), value]);
         }
         for dir in SYSTEM_DIRS {
@@ -132,7 +143,11 @@ impl BubblewrapRuntime {
         }
         // Fontconfig's cache, so the browser does not rebuild it every time.
         args.extend(["--ro-bind-try".into(), "/var/cache/fontconfig".into(), "/var/cache/fontconfig".into()]);
-        args.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].iter().map(|s| (*s).to_owned()));
+        args.extend(["--proc", "/proc", "--dev", "/dev"].iter().map(|s| (*s).to_owned()));
+        if self.config.limits.disk_bytes > 0 {
+            args.extend(["--size".into(), self.config.limits.disk_bytes.to_string()]);
+        }
+        args.extend(["--tmpfs".into(), "/tmp".into()]);
         // A data dir under a bound system directory must still be invisible.
         for hidden in &self.config.hidden_paths {
             if SYSTEM_DIRS.iter().any(|d| hidden.starts_with(d)) {
@@ -143,6 +158,9 @@ impl BubblewrapRuntime {
             "--bind".into(),
             work_dir.to_string_lossy().into_owned(),
             SANDBOX_WORK_DIR.into(),
+            "--ro-bind".into(),
+            run_dir.to_string_lossy().into_owned(),
+            SANDBOX_RUN_DIR.into(),
             "--ro-bind".into(),
             self.config.agent_exe.to_string_lossy().into_owned(),
             SANDBOX_EXE.into(),
@@ -237,7 +255,7 @@ impl Runtime for BubblewrapRuntime {
     async fn probe(&self) -> Result<(), SandboxError> {
         let dir = std::env::temp_dir().join(format!("flywheel-probe-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| SandboxError(format!("could not create {}: {e}", dir.display())))?;
-        let mut args = self.sandbox_args(&dir, "probe");
+        let mut args = self.sandbox_args(&dir, &dir, "probe", false);
         args.extend(["--".into(), "/bin/true".into()]);
         let output = Command::new(&self.config.bwrap).args(&args).stdin(Stdio::null()).output().await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -250,30 +268,59 @@ impl Runtime for BubblewrapRuntime {
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
-        let mut args = self.sandbox_args(&spec.work_dir, &spec.execution.to_string());
+        let mut args = self.sandbox_args(&spec.work_dir, &spec.run_dir, &spec.execution.to_string(), spec.egress_proxy);
         args.extend(["--".into(), SANDBOX_EXE.into(), "agent".into(), "--job".into(), SANDBOX_JOB_FILE.into()]);
+        let cgroup =
+            match &self.config.cgroups {
+                Some(cgroups) => Some(cgroups.create(spec.execution).map_err(|e| {
+                    SandboxError(format!("could not create the sandbox's cgroup (for its limits): {e}"))
+                })?),
+                None => None,
+            };
+        let procs = cgroup.as_ref().map(ExecutionCgroup::procs_fds).unwrap_or_default();
+        let file_size = self.config.limits.disk_bytes;
+        let mut command = Command::new(&self.config.bwrap);
+        command
+            .args(&args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: between fork and exec the child only makes system calls
+        // (write, setrlimit) on values prepared before the fork: nothing
+        // allocates or takes a lock.
+        unsafe {
+            command.pre_exec(move || {
+                // Nothing this process inherited reaches the sandbox: every
+                // descriptor past stdio closes at exec (the cgroup files are
+                // used before that).
+                nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC);
+                for fd in &procs {
+                    // "0" moves the writer itself into the cgroup.
+                    if nix::libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if file_size > 0 {
+                    let limit = nix::libc::rlimit { rlim_cur: file_size, rlim_max: file_size };
+                    if nix::libc::setrlimit(nix::libc::RLIMIT_FSIZE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
         // The bwrap process is spawned from a runtime worker thread, which
         // lives as long as the server: --die-with-parent ties the sandbox to
         // the server process, not to a short-lived thread.
-        let mut child = Command::new(&self.config.bwrap)
-            .args(&args)
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| self.spawn_error(&e))?;
-        let stdin = child.stdin.take().ok_or_else(|| SandboxError("no stdin pipe".into()))?;
-        let stdout = child.stdout.take().ok_or_else(|| SandboxError("no stdout pipe".into()))?;
+        let mut child = command.spawn().map_err(|e| self.spawn_error(&e))?;
         let stderr = child.stderr.take().ok_or_else(|| SandboxError("no stderr pipe".into()))?;
         let pgid = child.id().map(|id| Pid::from_raw(id as i32));
         Ok(Sandbox {
-            stdin: Box::new(stdin),
-            stdout: Box::new(stdout),
-            stderr: Box::new(stderr),
-            control: Box::new(BubblewrapControl { child, pgid, exit: None }),
+            diagnostics: Box::new(stderr),
+            control: Box::new(BubblewrapControl { child, pgid, exit: None, cgroup }),
         })
     }
 
@@ -295,6 +342,20 @@ struct BubblewrapControl {
     child: Child,
     pgid: Option<Pid>,
     exit: Option<Option<i32>>,
+    cgroup: Option<ExecutionCgroup>,
+}
+
+impl Drop for BubblewrapControl {
+    fn drop(&mut self) {
+        // Removing the cgroup waits (briefly) for its last processes to be
+        // reaped: not on the async runtime's thread.
+        if let Some(cgroup) = self.cgroup.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(cgroup))),
+                Err(_) => drop(cgroup),
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -317,6 +378,10 @@ impl SandboxControl for BubblewrapControl {
         self.exit = Some(code);
         code
     }
+
+    async fn limit_hit(&mut self) -> Option<String> {
+        self.cgroup.as_ref().and_then(ExecutionCgroup::limit_hit)
+    }
 }
 
 #[cfg(test)]
@@ -329,7 +394,9 @@ mod tests {
                 bwrap: "bwrap".into(),
                 agent_exe: "/usr/local/bin/flywheel".into(),
                 hidden_paths: vec![PathBuf::from(hidden)],
-                isolate_network: false,
+                network: SandboxNetwork::Isolated,
+                limits: SandboxLimits { memory_bytes: 0, pids: 0, cpus: 0.0, disk_bytes: 1 << 30 },
+                cgroups: None,
                 etc_dir: "/srv/etc".into(),
                 extra_ro_binds: vec![],
             },
@@ -352,23 +419,42 @@ mod tests {
 
     #[test]
     fn a_data_dir_under_a_system_dir_is_covered() {
-        let args = runtime("/usr/local/lib/flywheel/data").sandbox_args(Path::new("/w/1"), "x");
+        let args =
+            runtime("/usr/local/lib/flywheel/data").sandbox_args(Path::new("/w/1"), Path::new("/w/1.run"), "x", true);
         let joined = args.join(" ");
         assert!(joined.contains("--tmpfs /usr/local/lib/flywheel/data"), "{joined}");
-        let args = runtime("/srv/flywheel/data").sandbox_args(Path::new("/w/1"), "x");
+        let args = runtime("/srv/flywheel/data").sandbox_args(Path::new("/w/1"), Path::new("/w/1.run"), "x", true);
         assert!(!args.join(" ").contains("/srv/flywheel"), "not bound, nothing to hide");
     }
 
     #[test]
     fn only_the_work_dir_is_bound_writable() {
-        let args = runtime("/srv/data").sandbox_args(Path::new("/srv/data/sandboxes/abc"), "abc");
+        let args = runtime("/srv/data").sandbox_args(
+            Path::new("/srv/data/sandboxes/abc"),
+            Path::new("/srv/data/sandboxes/abc.run"),
+            "abc",
+            true,
+        );
         let writable: Vec<&[String]> = args.windows(3).filter(|w| w[0] == "--bind").collect();
         assert_eq!(writable.len(), 1);
         assert_eq!(writable[0][1], "/srv/data/sandboxes/abc");
         assert_eq!(writable[0][2], "/work");
-        for flag in
-            ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--clearenv", "--new-session"]
-        {
+        assert!(args
+            .windows(3)
+            .any(|w| w[0] == "--ro-bind" && w[1] == "/srv/data/sandboxes/abc.run" && w[2] == "/run/flywheel"));
+        assert!(args
+            .windows(4)
+            .any(|w| w[0] == "--size" && w[1] == (1u64 << 30).to_string() && w[2] == "--tmpfs" && w[3] == "/tmp"));
+        assert!(args.windows(3).any(|w| w[0] == "--setenv" && w[1] == "HTTPS_PROXY"), "tools use the egress proxy");
+        for flag in [
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-net",
+            "--die-with-parent",
+            "--clearenv",
+            "--new-session",
+        ] {
             assert!(args.iter().any(|a| a == flag), "{flag}");
         }
         assert!(args.windows(2).any(|w| w[0] == "--remount-ro" && w[1] == "/"));

@@ -4,16 +4,19 @@
 //! The container runs `flywheel agent --job /work/job.json` from a
 //! configurable image (the repo's `docker/Dockerfile`: Debian, Chromium,
 //! ffmpeg, flywheel) with the execution's work dir bound at `/work` as the
-//! only writable place besides a private `/tmp`; a read-only root file
-//! system, no capabilities, `no-new-privileges`, memory, CPU and process
-//! limits, a configurable network mode, a clean environment and an init
-//! process that reaps the browser's children. Every container carries the
+//! only writable place besides a private `/tmp` (a tmpfs of the disk
+//! limit's size), its run dir (the worker's sockets) read-only at
+//! `/run/flywheel`; a read-only root file system, no capabilities,
+//! `no-new-privileges`, memory, CPU and process limits, no network of its
+//! own but the egress proxy's socket (or, with `--sandbox-network host`,
+//! the configured Docker network), a clean environment and an init process
+//! that reaps the browser's children. Every container carries the
 //! labels `flywheel.managed`, `flywheel.deployment`, `flywheel.execution`
 //! and `flywheel.node`; a reconciler ([`Runtime::reconcile`]) removes any of
 //! its deployment whose execution is no longer running, whichever node
 //! started it, and never touches another deployment's containers.
 
-use super::{Runtime, Sandbox, SandboxControl, SandboxError, SandboxSpec};
+use super::{Runtime, Sandbox, SandboxControl, SandboxError, SandboxLimits, SandboxNetwork, SandboxSpec};
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -21,7 +24,7 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, StartContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
-use flywheel_model::protocol::{SANDBOX_JOB_FILE, SANDBOX_WORK_DIR};
+use flywheel_model::protocol::{SANDBOX_JOB_FILE, SANDBOX_RUN_DIR, SANDBOX_WORK_DIR};
 use flywheel_store::Store;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -42,16 +45,13 @@ pub struct DockerConfig {
     pub image: String,
     /// The flywheel binary inside the image.
     pub agent_path: String,
-    /// Memory limit in bytes (0: none).
-    pub memory_bytes: i64,
-    /// CPUs, e.g. 1.5 (0: no limit).
-    pub cpus: f64,
-    /// Most processes and threads in a container.
-    pub pids_limit: i64,
-    /// `bridge`, `none`, `host` or a network's name.
-    pub network_mode: String,
-    /// Size of `/dev/shm` and of `/tmp`, in bytes.
-    pub tmpfs_bytes: i64,
+    /// Memory, processes, CPUs and the size of `/tmp` (and `/dev/shm`).
+    pub limits: SandboxLimits,
+    /// How containers reach the network.
+    pub network: SandboxNetwork,
+    /// The Docker network of `--sandbox-network host`: `bridge`, `host` or
+    /// a network's name.
+    pub host_network: String,
     /// The node that starts the containers (a label, for people).
     pub node_id: String,
     /// The deployment (shared by the nodes of one database): the reconciler
@@ -92,21 +92,39 @@ impl DockerRuntime {
             (LABEL_EXECUTION.to_owned(), execution.clone()),
             (LABEL_NODE.to_owned(), self.config.node_id.clone()),
         ]);
-        let env: Vec<String> = super::sandbox_env(&execution).iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let tmpfs_size = self.config.tmpfs_bytes.max(16 << 20);
+        let env: Vec<String> =
+            super::sandbox_env(&execution, spec.egress_proxy).iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let limits = self.config.limits;
+        let tmpfs_size = if limits.disk_bytes > 0 { limits.disk_bytes as i64 } else { 512 << 20 }.max(16 << 20);
         let (uid, gid) = container_user();
+        let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
+        let network_mode = match self.config.network {
+            SandboxNetwork::Host => self.config.host_network.clone(),
+            SandboxNetwork::Isolated | SandboxNetwork::None => "none".to_owned(),
+        };
         let host_config = HostConfig {
-            binds: Some(vec![format!("{}:{SANDBOX_WORK_DIR}:rw", spec.work_dir.display())]),
+            binds: Some(vec![
+                format!("{}:{SANDBOX_WORK_DIR}:rw", spec.work_dir.display()),
+                format!("{}:{SANDBOX_RUN_DIR}:ro", spec.run_dir.display()),
+            ]),
             tmpfs: Some(HashMap::from([("/tmp".to_owned(), format!("rw,nosuid,nodev,size={tmpfs_size}"))])),
             shm_size: Some(tmpfs_size),
             readonly_rootfs: Some(true),
             cap_drop: Some(vec!["ALL".to_owned()]),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
-            memory: (self.config.memory_bytes > 0).then_some(self.config.memory_bytes),
-            memory_swap: (self.config.memory_bytes > 0).then_some(self.config.memory_bytes),
-            nano_cpus: (self.config.cpus > 0.0).then_some((self.config.cpus * 1e9) as i64),
-            pids_limit: (self.config.pids_limit > 0).then_some(self.config.pids_limit),
-            network_mode: Some(self.config.network_mode.clone()),
+            memory: (memory > 0).then_some(memory),
+            memory_swap: (memory > 0).then_some(memory),
+            nano_cpus: (limits.cpus > 0.0).then_some((limits.cpus * 1e9) as i64),
+            pids_limit: (limits.pids > 0).then_some(limits.pids as i64),
+            network_mode: Some(network_mode.clone()),
+            // No file a step writes can grow past the disk limit.
+            ulimits: (limits.disk_bytes > 0).then(|| {
+                vec![bollard::models::ResourcesUlimits {
+                    name: Some("fsize".to_owned()),
+                    soft: Some(limits.disk_bytes as i64),
+                    hard: Some(limits.disk_bytes as i64),
+                }]
+            }),
             init: Some(true),
             ..Default::default()
         };
@@ -119,13 +137,12 @@ impl DockerRuntime {
             user: Some(format!("{uid}:{gid}")),
             working_dir: Some(SANDBOX_WORK_DIR.to_owned()),
             hostname: Some("flywheel-sandbox".to_owned()),
-            attach_stdin: Some(true),
+            attach_stdin: Some(false),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
-            open_stdin: Some(true),
-            stdin_once: Some(true),
+            open_stdin: Some(false),
             tty: Some(false),
-            network_disabled: Some(self.config.network_mode == "none"),
+            network_disabled: Some(network_mode == "none"),
             host_config: Some(host_config),
             ..Default::default()
         }
@@ -187,11 +204,13 @@ impl Runtime for DockerRuntime {
     async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         let name = Self::container_name(spec.execution);
         let (uid, gid) = container_user();
-        let work_dir = spec.work_dir.clone();
-        tokio::task::spawn_blocking(move || chown_tree(&work_dir, uid, gid))
-            .await
-            .map_err(|e| SandboxError(format!("could not hand the work dir to the container's user: {e}")))?
-            .map_err(|e| SandboxError(format!("could not hand the work dir to the container's user: {e}")))?;
+        let (work_dir, run_dir) = (spec.work_dir.clone(), spec.run_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            chown_tree(&work_dir, uid, gid).and_then(|()| chown_tree(&run_dir, uid, gid))
+        })
+        .await
+        .map_err(|e| SandboxError(format!("could not hand the work dir to the container's user: {e}")))?
+        .map_err(|e| SandboxError(format!("could not hand the work dir to the container's user: {e}")))?;
         let options = bollard::query_parameters::CreateContainerOptionsBuilder::default().name(&name).build();
         let created =
             self.docker.create_container(Some(options), self.create_body(spec)).await.map_err(|e| match e {
@@ -206,10 +225,16 @@ impl Runtime for DockerRuntime {
                 )),
             })?;
         let id = created.id;
-        let control = DockerControl { docker: self.docker.clone(), id: id.clone(), removed: false };
+        let control = DockerControl {
+            docker: self.docker.clone(),
+            id: id.clone(),
+            removed: false,
+            memory_bytes: self.config.limits.memory_bytes,
+            oom_killed: false,
+        };
         // Attach before starting, so no output is missed.
         let attach =
-            AttachContainerOptionsBuilder::default().stdin(true).stdout(true).stderr(true).stream(true).build();
+            AttachContainerOptionsBuilder::default().stdin(false).stdout(true).stderr(true).stream(true).build();
         let attached = match self.docker.attach_container(&id, Some(attach)).await {
             Ok(attached) => attached,
             Err(err) => {
@@ -223,16 +248,15 @@ impl Runtime for DockerRuntime {
             control.kill().await;
             return Err(SandboxError(format!("could not start the container: {err}")));
         }
-        // Split the multiplexed output into the agent's stdout and stderr.
-        let (mut stdout_tx, stdout_rx) = tokio::io::duplex(64 << 10);
-        let (mut stderr_tx, stderr_rx) = tokio::io::duplex(16 << 10);
+        // The container's output is diagnostics (events come on the channel).
+        let (mut diagnostics_tx, diagnostics_rx) = tokio::io::duplex(16 << 10);
         let mut output = attached.output;
         tokio::spawn(async move {
             while let Some(item) = output.next().await {
                 let result = match item {
                     Ok(bollard::container::LogOutput::StdOut { message })
-                    | Ok(bollard::container::LogOutput::Console { message }) => stdout_tx.write_all(&message).await,
-                    Ok(bollard::container::LogOutput::StdErr { message }) => stderr_tx.write_all(&message).await,
+                    | Ok(bollard::container::LogOutput::Console { message })
+                    | Ok(bollard::container::LogOutput::StdErr { message }) => diagnostics_tx.write_all(&message).await,
                     Ok(bollard::container::LogOutput::StdIn { .. }) => Ok(()),
                     Err(err) => {
                         debug!(error = %err, "the container's output stream ended");
@@ -244,12 +268,7 @@ impl Runtime for DockerRuntime {
                 }
             }
         });
-        Ok(Sandbox {
-            stdin: Box::new(attached.input),
-            stdout: Box::new(stdout_rx),
-            stderr: Box::new(stderr_rx),
-            control: Box::new(control),
-        })
+        Ok(Sandbox { diagnostics: Box::new(diagnostics_rx), control: Box::new(control) })
     }
 
     async fn reconcile(&self, store: &dyn Store, running_here: &[Uuid]) -> anyhow::Result<usize> {
@@ -264,9 +283,10 @@ impl Runtime for DockerRuntime {
                 "the container could not run {} (is it in the image {}?): {tail}",
                 self.config.agent_path, self.config.image
             ),
-            Some(137) => {
-                format!("the container was killed (out of memory? limit {} bytes): {tail}", self.config.memory_bytes)
-            }
+            Some(137) => format!(
+                "the container was killed (out of memory? limit {} MiB, --sandbox-memory): {tail}",
+                self.config.limits.memory_bytes / (1024 * 1024)
+            ),
             code => format!("the container exited ({code:?}) before the agent started: {tail}"),
         }
     }
@@ -304,6 +324,10 @@ struct DockerControl {
     docker: Docker,
     id: String,
     removed: bool,
+    /// The memory limit, to name it.
+    memory_bytes: u64,
+    /// Whether the engine said the container was killed for its memory.
+    oom_killed: bool,
 }
 
 #[async_trait]
@@ -311,6 +335,10 @@ impl SandboxControl for DockerControl {
     async fn kill(&mut self) {
         if self.removed {
             return;
+        }
+        // What the engine knows of how it ended goes with the container.
+        if let Ok(inspected) = self.docker.inspect_container(&self.id, None).await {
+            self.oom_killed |= inspected.state.and_then(|s| s.oom_killed).unwrap_or(false);
         }
         let options = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
         let _ = self.docker.kill_container(&self.id, Some(options)).await;
@@ -337,5 +365,14 @@ impl SandboxControl for DockerControl {
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code as i32),
             _ => None,
         }
+    }
+
+    async fn limit_hit(&mut self) -> Option<String> {
+        self.oom_killed.then(|| {
+            format!(
+                "the sandbox ran out of memory: it hit its limit of {} MiB (--sandbox-memory) and a process of it was killed",
+                self.memory_bytes / (1024 * 1024)
+            )
+        })
     }
 }

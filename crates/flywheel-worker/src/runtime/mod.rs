@@ -2,25 +2,65 @@
 //!
 //! A [`Runtime`] starts a sandbox for one execution: the agent
 //! (`flywheel agent --job /work/job.json`) with the execution's work dir
-//! mounted at `/work` and nothing else of the host writable. The worker reads
-//! the agent's stdout (events) and stderr (diagnostics) from the returned
-//! [`Sandbox`] and kills it when the execution ends. Bubblewrap is the
-//! default; Docker (feature `docker`) is the other; Kubernetes fits behind
-//! the same trait.
+//! mounted at `/work` as the only writable place of the host, and its run
+//! dir (the worker's sockets: the agent's channel, the egress proxy)
+//! read-only at `/run/flywheel`. The worker reads the agent's events from
+//! the channel, its diagnostics from the returned [`Sandbox`], and kills it
+//! when the execution ends. Every sandbox has limits (memory, processes,
+//! CPU, `/tmp`) and, unless the operator chose the host's network, a
+//! network namespace of its own. Bubblewrap is the default; Docker
+//! (feature `docker`) is the other; Kubernetes fits behind the same trait.
 
 pub mod bubblewrap;
+pub mod cgroup;
 #[cfg(feature = "docker")]
 pub mod docker;
 
 use async_trait::async_trait;
 use std::path::PathBuf;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use uuid::Uuid;
 
+/// How a sandbox reaches the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxNetwork {
+    /// A network namespace of its own; the worker's egress proxy is the only
+    /// way out (the default).
+    Isolated,
+    /// The host's network, as it is (the URL allowlist is then only
+    /// enforced by the browser and `http` steps).
+    Host,
+    /// A network namespace of its own and no way out at all.
+    None,
+}
+
+impl std::str::FromStr for SandboxNetwork {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "isolated" => Ok(SandboxNetwork::Isolated),
+            "host" => Ok(SandboxNetwork::Host),
+            "none" => Ok(SandboxNetwork::None),
+            other => Err(format!("expected isolated, host or none, not {other:?}")),
+        }
+    }
+}
+
+/// Limits of every sandbox; 0 means none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SandboxLimits {
+    pub memory_bytes: u64,
+    pub pids: u64,
+    pub cpus: f64,
+    /// Bytes in `/work`, and the size of `/tmp`.
+    pub disk_bytes: u64,
+}
+
 /// The whole environment of the agent in a sandbox, whatever the runtime:
-/// nothing of the worker's own (keys, database URL) is passed on.
-pub fn sandbox_env(execution: &str) -> [(&'static str, String); 6] {
-    [
+/// nothing of the worker's own (keys, database URL) is passed on. With an
+/// egress proxy, every tool that honours the usual variables uses it.
+pub fn sandbox_env(execution: &str, egress_proxy: bool) -> Vec<(&'static str, String)> {
+    let mut env = vec![
         ("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin".to_owned()),
         ("HOME", flywheel_model::protocol::SANDBOX_WORK_DIR.to_owned()),
         ("TMPDIR", "/tmp".to_owned()),
@@ -29,7 +69,14 @@ pub fn sandbox_env(execution: &str) -> [(&'static str, String); 6] {
         // The agent starts once per execution: committing mimalloc's arena
         // up front costs it ~1.6 ms of page zeroing for nothing.
         ("MIMALLOC_ARENA_EAGER_COMMIT", "0".to_owned()),
-    ]
+    ];
+    if egress_proxy {
+        let proxy = format!("http://127.0.0.1:{}", flywheel_model::protocol::SANDBOX_PROXY_PORT);
+        for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+            env.push((name, proxy.clone()));
+        }
+    }
+    env
 }
 
 /// A sandbox could not be created. The message says what to install or
@@ -52,16 +99,17 @@ pub struct SandboxSpec {
     /// The execution's work dir on the host; holds `job.json` and
     /// `artifacts/`, mounted at `/work`.
     pub work_dir: PathBuf,
+    /// The execution's run dir on the host: the worker's sockets, mounted
+    /// read-only at `/run/flywheel`.
+    pub run_dir: PathBuf,
+    /// The sandbox reaches the network only through the egress proxy.
+    pub egress_proxy: bool,
 }
 
 /// A running sandbox.
 pub struct Sandbox {
-    /// Messages to the agent (model answers).
-    pub stdin: Box<dyn AsyncWrite + Send + Unpin>,
-    /// The agent's event stream.
-    pub stdout: Box<dyn AsyncRead + Send + Unpin>,
-    /// The agent's (and the sandbox tool's) diagnostics.
-    pub stderr: Box<dyn AsyncRead + Send + Unpin>,
+    /// The agent's (and the sandbox tool's) diagnostics, untrusted text.
+    pub diagnostics: Box<dyn AsyncRead + Send + Unpin>,
     pub control: Box<dyn SandboxControl>,
 }
 
@@ -71,7 +119,13 @@ pub trait SandboxControl: Send {
     /// Kills every process of the sandbox. Idempotent.
     async fn kill(&mut self);
     /// Waits until the sandbox is gone; returns its exit code if it had one.
+    /// Cancel-safe.
     async fn wait(&mut self) -> Option<i32>;
+    /// The limit (memory, processes) the sandbox ran into, as a sentence
+    /// that names it, once it has ended.
+    async fn limit_hit(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Starts sandboxes.

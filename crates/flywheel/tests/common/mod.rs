@@ -88,7 +88,18 @@ impl Server {
         Self::start_with_env(args, &[]).await
     }
 
+    /// Starts a server with `args` and `env`. Its sandboxes may reach
+    /// private addresses (the fixtures of the tests are on 127.0.0.1): only
+    /// [`Server::start_strict`] keeps the default that refuses them.
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut args = args.to_vec();
+        args.push("--sandbox-allow-private");
+        Self::start_strict(&args, env).await
+    }
+
+    /// Starts a server with `args` and `env` and nothing else: sandboxes
+    /// reach no private address unless a workflow's allowlist names it.
+    pub async fn start_strict(args: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         let mut server = Server {

@@ -1,0 +1,392 @@
+//! Templates in `shell` commands: every value is data, never code.
+//!
+//! `shell: "echo '{{ input.name }}'"` with a name of `x'; id; echo '` must
+//! print that name, not run `id`. So a shell command is rendered in two
+//! passes. First minijinja renders it with a formatter that writes each
+//! value as a placeholder (a nonce and an index) and keeps the value aside;
+//! then [`quote_values`] walks the rendered text the way `/bin/sh` reads
+//! it, and puts each value back escaped for where it landed:
+//!
+//! - unquoted: as one word, in single quotes unless it is plainly safe
+//!   (`abc`, `12`, `a/b.txt`);
+//! - inside `'…'`: each `'` closed, escaped and reopened (`'\''`);
+//! - inside `"…"`: `\`, `$`, `` ` `` and `"` escaped with a backslash;
+//! - in a here-document that expands (`<<EOF`): `\`, `$` and `` ` ``
+//!   escaped; in one that does not (`<<'EOF'`): as it is. Either way a
+//!   value that would end the document early (a line equal to its
+//!   delimiter) fails the step;
+//! - in a `# comment`: line breaks become spaces.
+//!
+//! `$( … )` and backquotes open a fresh unquoted context, inside quotes
+//! too. `{{ value | raw }}` (or minijinja's `| safe`) opts out: the value
+//! is inserted as it is, as code. Quoting cannot stop a value that starts
+//! with `-` from being read as an option: put `--` before such values.
+
+/// Marks where a value goes in the first pass: private-use characters
+/// around a per-render nonce and the value's index.
+const OPEN: char = '\u{F8F0}';
+const CLOSE: char = '\u{F8F1}';
+
+/// The placeholder for value `index` of a render with `nonce`.
+pub fn placeholder(nonce: u64, index: usize) -> String {
+    format!("{OPEN}{nonce:016x}:{index}{CLOSE}")
+}
+
+/// The value index of a placeholder at the start of `text`, and its length.
+fn read_placeholder(text: &str, nonce: u64) -> Option<(usize, usize)> {
+    let rest = text.strip_prefix(OPEN)?;
+    let end = rest.find(CLOSE)?;
+    let (seen, index) = rest[..end].split_once(':')?;
+    if seen != format!("{nonce:016x}") {
+        return None;
+    }
+    Some((index.parse().ok()?, OPEN.len_utf8() + end + CLOSE.len_utf8()))
+}
+
+/// Where in the shell's grammar the text so far has left us.
+#[derive(Debug, Clone, PartialEq)]
+enum Context {
+    Unquoted,
+    Single,
+    Double,
+    Comment,
+    /// Inside `$( … )`, with the depth of parentheses opened in it.
+    Substitution(usize),
+    Backquote,
+    HereDoc(HereDoc),
+}
+
+/// A here-document being read.
+#[derive(Debug, Clone, PartialEq)]
+struct HereDoc {
+    delimiter: String,
+    /// `<<'EOF'`: no expansion inside.
+    literal: bool,
+    /// `<<-EOF`: leading tabs are stripped from each line.
+    strip_tabs: bool,
+}
+
+/// Characters a value may have to be written without quotes.
+fn plainly_safe(value: &str) -> bool {
+    !value.is_empty()
+        && value.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | ':' | '@' | '%' | '+' | ',' | '-' | '=')
+        })
+}
+
+fn single_quoted(value: &str) -> String {
+    if plainly_safe(value) {
+        return value.to_owned();
+    }
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+fn escape_with_backslash(value: &str, special: &[char]) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if special.contains(&c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The value, escaped for `context`.
+fn escape(value: &str, context: &Context) -> String {
+    match context {
+        Context::Unquoted | Context::Substitution(_) | Context::Backquote => single_quoted(value),
+        Context::Single => value.replace('\'', r"'\''"),
+        Context::Double => escape_with_backslash(value, &['\\', '$', '`', '"']),
+        Context::Comment => value.replace(['\n', '\r'], " "),
+        Context::HereDoc(doc) if doc.literal => value.to_owned(),
+        Context::HereDoc(_) => escape_with_backslash(value, &['\\', '$', '`']),
+    }
+}
+
+/// Puts the values back into `rendered`, each escaped for its context.
+/// The error says which value could not be placed safely.
+pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<String, String> {
+    let mut out = String::with_capacity(rendered.len());
+    let mut stack = vec![Context::Unquoted];
+    // Here-documents announced on the current line start at its end.
+    let mut pending: Vec<HereDoc> = Vec::new();
+    // The current line of a here-document's body, and whether a value is in it.
+    let mut doc_line = String::new();
+    let mut doc_line_has_value = false;
+    let mut at_word_start = true;
+    let mut i = 0;
+    while i < rendered.len() {
+        let rest = &rendered[i..];
+        let context = stack.last().cloned().unwrap_or(Context::Unquoted);
+        if let Some((index, len)) = read_placeholder(rest, nonce) {
+            let value = values.get(index).ok_or("a template value went missing")?;
+            let escaped = escape(value, &context);
+            if let Context::HereDoc(doc) = &context {
+                for c in escaped.chars() {
+                    doc_line_has_value = true;
+                    if c == '\n' {
+                        end_doc_line(doc, &mut doc_line, &mut doc_line_has_value)?;
+                    } else {
+                        doc_line.push(c);
+                    }
+                }
+            }
+            out.push_str(&escaped);
+            i += len;
+            at_word_start = false;
+            continue;
+        }
+        let Some(c) = rest.chars().next() else { break };
+        // A backslash escapes the next character, unless a value comes next
+        // (the value is escaped on its own).
+        let after = &rest[c.len_utf8()..];
+        let next = if read_placeholder(after, nonce).is_some() { None } else { after.chars().next() };
+        let mut advance = c.len_utf8();
+        match &context {
+            Context::Single => {
+                if c == '\'' {
+                    stack.pop();
+                }
+            }
+            Context::Comment => {
+                if c == '\n' {
+                    stack.pop();
+                    if let Some(doc) = start_pending(&mut pending) {
+                        stack.push(Context::HereDoc(doc));
+                    }
+                }
+            }
+            Context::HereDoc(doc) => {
+                if !doc.literal && c == '\\' {
+                    if let Some(n) = next {
+                        advance += n.len_utf8();
+                        doc_line.push(c);
+                        doc_line.push(n);
+                    }
+                } else if !doc.literal && c == '$' && next == Some('(') {
+                    doc_line.push_str("$(");
+                    advance += 1;
+                    stack.push(Context::Substitution(0));
+                } else if !doc.literal && c == '`' {
+                    doc_line.push(c);
+                    stack.push(Context::Backquote);
+                } else if c == '\n' {
+                    let doc = doc.clone();
+                    if end_doc_line(&doc, &mut doc_line, &mut doc_line_has_value)? {
+                        stack.pop();
+                        if let Some(next_doc) = start_pending(&mut pending) {
+                            stack.push(Context::HereDoc(next_doc));
+                        }
+                    }
+                } else {
+                    doc_line.push(c);
+                }
+            }
+            Context::Double => match c {
+                '\\' => advance += next.map_or(0, char::len_utf8),
+                '"' => {
+                    stack.pop();
+                }
+                '$' if next == Some('(') => {
+                    advance += 1;
+                    stack.push(Context::Substitution(0));
+                }
+                '`' => stack.push(Context::Backquote),
+                _ => {}
+            },
+            Context::Unquoted | Context::Substitution(_) | Context::Backquote => match c {
+                '\\' => advance += next.map_or(0, char::len_utf8),
+                '\'' => stack.push(Context::Single),
+                '"' => stack.push(Context::Double),
+                '#' if at_word_start => stack.push(Context::Comment),
+                '$' if next == Some('(') => {
+                    advance += 1;
+                    stack.push(Context::Substitution(0));
+                }
+                '`' if context == Context::Backquote => {
+                    stack.pop();
+                }
+                '`' => stack.push(Context::Backquote),
+                '(' => {
+                    if let Some(Context::Substitution(depth)) = stack.last_mut() {
+                        *depth += 1;
+                    }
+                }
+                ')' => match stack.last_mut() {
+                    Some(Context::Substitution(0)) => {
+                        stack.pop();
+                    }
+                    Some(Context::Substitution(depth)) => *depth -= 1,
+                    _ => {}
+                },
+                '<' if next == Some('<') && !rest.starts_with("<<<") => {
+                    let (doc, len) = read_heredoc_operator(&rendered[i..], nonce)?;
+                    out.push_str(&rendered[i..i + len]);
+                    i += len;
+                    pending.push(doc);
+                    at_word_start = false;
+                    continue;
+                }
+                '\n' => {
+                    if let Some(doc) = start_pending(&mut pending) {
+                        stack.push(Context::HereDoc(doc));
+                    }
+                }
+                _ => {}
+            },
+        }
+        out.push_str(&rendered[i..i + advance]);
+        at_word_start = c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '<' | '>');
+        i += advance;
+    }
+    Ok(out)
+}
+
+/// The first here-document announced, if any, now that its line ended.
+fn start_pending(pending: &mut Vec<HereDoc>) -> Option<HereDoc> {
+    (!pending.is_empty()).then(|| pending.remove(0))
+}
+
+/// Ends a line of a here-document's body; true when it was the delimiter.
+/// A line that a value turned into the delimiter is refused.
+fn end_doc_line(doc: &HereDoc, line: &mut String, has_value: &mut bool) -> Result<bool, String> {
+    let text = if doc.strip_tabs { line.trim_start_matches('\t') } else { line.as_str() };
+    let is_delimiter = text == doc.delimiter;
+    let forged = is_delimiter && *has_value;
+    line.clear();
+    *has_value = false;
+    if forged {
+        return Err(format!(
+            "a template value would end the here-document early (it makes a line that reads {:?})",
+            doc.delimiter
+        ));
+    }
+    Ok(is_delimiter)
+}
+
+/// Reads `<<WORD`, `<<-WORD`, `<< 'WORD'` or `<<"WORD"` at the start of
+/// `text`; returns the here-document and how many bytes the operator and
+/// its word take.
+fn read_heredoc_operator(text: &str, nonce: u64) -> Result<(HereDoc, usize), String> {
+    let mut i = 2;
+    let strip_tabs = text[i..].starts_with('-');
+    if strip_tabs {
+        i += 1;
+    }
+    while text[i..].starts_with([' ', '\t']) {
+        i += 1;
+    }
+    let mut delimiter = String::new();
+    let mut literal = false;
+    while let Some(c) = text[i..].chars().next() {
+        if read_placeholder(&text[i..], nonce).is_some() {
+            return Err("a template value cannot be a here-document's delimiter".into());
+        }
+        match c {
+            '\'' | '"' => {
+                literal = true;
+                let end = text[i + 1..].find(c).map_or(text.len(), |e| i + 1 + e);
+                delimiter.push_str(&text[i + 1..end]);
+                i = (end + 1).min(text.len());
+            }
+            '\\' => {
+                literal = true;
+                i += 1;
+            }
+            c if c.is_whitespace() || matches!(c, ';' | '&' | '|' | '<' | '>' | '(' | ')') => break,
+            c => {
+                delimiter.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    Ok((HereDoc { delimiter, literal, strip_tabs }, i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONCE: u64 = 0xfeed;
+
+    /// `template` with `@0`, `@1`… standing for the values.
+    fn quote(template: &str, values: &[&str]) -> Result<String, String> {
+        let mut rendered = template.to_owned();
+        for i in (0..values.len()).rev() {
+            rendered = rendered.replace(&format!("@{i}"), &placeholder(NONCE, i));
+        }
+        let values: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        quote_values(&rendered, NONCE, &values)
+    }
+
+    /// What `/bin/sh` prints for `script`.
+    fn sh(script: &str) -> String {
+        let out = std::process::Command::new("/bin/sh").arg("-c").arg(script).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Values that run `touch M` if they are taken for code.
+    const HOSTILE: &[&str] = &[
+        "x'; touch M; echo '",
+        "x\"; touch M; echo \"",
+        "$(touch M)",
+        "`touch M`",
+        "a\nEOF\ntouch M",
+        "\\\"; touch M #",
+        "' \"$(touch M)\" '",
+        "; touch M",
+        "x\ntouch M",
+        "",
+    ];
+
+    #[test]
+    fn values_are_data_in_every_quoting_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("pwned");
+        for value in HOSTILE {
+            let value = value.replace('M', &marker.display().to_string());
+            for template in [
+                "printf '%s' @0",
+                "printf '%s' '@0'",
+                "printf '%s' \"@0\"",
+                "printf '%s' \"pre $(printf '%s' @0) post\"",
+                "printf '%s' `printf '%s' @0`",
+                "printf '%s' pre@0post",
+                "printf '%s' \"a\"@0'b'",
+                "X=@0; printf '%s' \"$X\"",
+                "# a comment @0\nprintf '%s' ok",
+                "cat <<EOF\n@0\nEOF",
+                "cat <<'EOF'\n@0 $(x)\nEOF",
+                "cat <<-EOF\n\t@0\n\tEOF",
+            ] {
+                match quote(template, &[&value]) {
+                    Ok(script) => {
+                        sh(&script);
+                        assert!(!marker.exists(), "{template} with {value:?} ran code: {script:?}");
+                    }
+                    // Refusing is fine too (a value that would end a here-document).
+                    Err(err) => assert!(err.contains("here-document"), "{err}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn values_keep_their_exact_text() {
+        let value = "it's a \"quote\" $HOME `x` \\ back";
+        for template in ["printf '%s' @0", "printf '%s' '@0'", "printf '%s' \"@0\"", "cat <<EOF\n@0\nEOF"] {
+            let script = quote(template, &[value]).unwrap();
+            assert_eq!(sh(&script).trim_end_matches('\n'), value, "{template}: {script}");
+        }
+        assert_eq!(quote("echo @0 @1", &["plain-1.txt", "two words"]).unwrap(), "echo plain-1.txt 'two words'");
+    }
+
+    #[test]
+    fn a_value_cannot_end_a_here_document() {
+        assert!(quote("cat <<EOF\n@0\nEOF\n", &["x\nEOF\nid"]).is_err());
+        assert!(quote("cat <<EOF\nE@0\nEOF\n", &["OF"]).is_err());
+        assert!(quote("cat <<@0\nx\n", &["EOF"]).is_err());
+        assert!(quote("cat <<EOF\n@0\nEOF\necho @1", &["fine", "x y"]).unwrap().ends_with("echo 'x y'"));
+    }
+}
