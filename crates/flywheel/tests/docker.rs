@@ -18,6 +18,14 @@ async fn docker_server(extra: &[&str]) -> Server {
     Server::start(&args).await
 }
 
+/// A Docker server whose sandboxes reach no private address.
+async fn strict_docker_server(extra: &[&str]) -> Server {
+    let image = test_image();
+    let mut args = vec!["--runtime", "docker", "--docker-image", image, "--lease-secs", "3"];
+    args.extend_from_slice(extra);
+    Server::start_strict(&args, &[]).await
+}
+
 const PROBE: &str = r#"
 report() { echo "$1=$2" >> /work/report.txt; }
 : > /work/report.txt
@@ -36,18 +44,9 @@ cat /work/report.txt
 #[tokio::test]
 async fn shell_and_browser_steps_run_in_a_limited_container() {
     let fixture = Fixture::start().await;
-    // The host network, so the container reaches the fixture on 127.0.0.1.
-    let server = docker_server(&[
-        "--docker-network",
-        "host",
-        "--docker-memory",
-        "1g",
-        "--docker-pids",
-        "512",
-        "--docker-cpus",
-        "1.5",
-    ])
-    .await;
+    // The container has no network of its own: it reaches the fixture on
+    // 127.0.0.1 through the egress proxy.
+    let server = docker_server(&["--sandbox-memory", "1g", "--sandbox-pids", "512", "--sandbox-cpus", "1.5"]).await;
     server
         .workflow(
             "In a container",
@@ -185,4 +184,46 @@ async fn a_missing_image_is_a_sandbox_error_that_says_how_to_build_it() {
     assert_eq!(e["error"]["code"], "sandbox_error", "{e:#}");
     let message = e["error"]["message"].as_str().unwrap();
     assert!(message.contains("flywheel-no-such-image:never") && message.contains("make docker-image"), "{message}");
+}
+
+#[tokio::test]
+async fn hostile_steps_in_a_container_get_nothing_out() {
+    let server = strict_docker_server(&["--sandbox-pids", "64", "--sandbox-disk", "64m"]).await;
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let host_secret = std::fs::read(server.data_dir.join("secrets.key")).unwrap();
+    let attack = format!(
+        r#"
+ln -s /etc/passwd artifacts/passwd; ln -s ../../secrets.key artifacts/key; mkfifo artifacts/fifo
+for fd in /proc/[0-9]*/fd/*; do printf '%s\n' '{{"type":"output","name":"forged","value":1}}' > "$fd" 2>/dev/null; done
+mv /work/artifacts /work/x; ln -s /etc /work/artifacts
+"#
+    );
+    // The server's own API, through the only way out there is.
+    let api = json!({"http": {"url": format!("http://127.0.0.1:{port}/api/health")}, "continue_on_error": true});
+    server.workflow("Hostile", json!({"steps": [api, {"shell": attack}]})).await;
+    let run = id(&server.execute("hostile", json!({})).await);
+    let _cleanup = RemoveOnDrop(vec![run.clone()]);
+    let e = server.wait_terminal(&run, Duration::from_secs(90)).await;
+    assert_eq!(e["status"], "completed", "{e:#}");
+    assert!(e["output"].get("forged").is_none(), "a forged event was taken: {e:#}");
+    let log = e["logs"].to_string();
+    assert!(log.contains("no files were collected"), "{log}");
+    assert!(log.contains("network: refused GET http://127.0.0.1:"), "the API is out of reach: {log}");
+    let list = server.get(&format!("/api/executions/{run}/artifacts")).await;
+    for item in list["items"].as_array().unwrap() {
+        let name = item["name"].as_str().unwrap();
+        let bytes = std::fs::read(artifact_path(&server.data_dir, &run, name)).unwrap_or_default();
+        assert!(!bytes.windows(host_secret.len()).any(|w| w == host_secret), "{name}");
+        assert!(!bytes.windows(10).any(|w| w == b"root:x:0:0"), "{name}");
+    }
+    // Limits hold in containers too, and are named.
+    server.workflow("Forks", json!({"steps": [{"shell": "for i in $(seq 200); do sleep 30 & done; sleep 1"}]})).await;
+    server.workflow("Fills", json!({"steps": [{"shell": "head -c 100m /dev/zero > /work/big.bin"}]})).await;
+    for (slug, named) in [("fills", "--sandbox-disk"), ("forks", "--sandbox-pids")] {
+        let run = id(&server.execute(slug, json!({})).await);
+        let _cleanup = RemoveOnDrop(vec![run.clone()]);
+        let e = server.wait_terminal(&run, Duration::from_secs(90)).await;
+        assert_eq!(e["error"]["code"], "sandbox_error", "{slug}: {e:#}");
+        assert!(e["error"]["message"].as_str().unwrap().contains(named), "{slug}: {e:#}");
+    }
 }

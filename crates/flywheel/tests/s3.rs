@@ -170,6 +170,33 @@ async fn artifacts_live_in_the_bucket_and_downloads_redirect_to_presigned_urls()
 }
 
 #[tokio::test]
+async fn links_in_the_artifacts_dir_upload_nothing_of_the_host_to_the_bucket() {
+    let s3 = S3Server::start().await;
+    let server = server_on(&s3).await;
+    let host_secret = std::fs::read(server.data_dir.join("secrets.key")).unwrap();
+    let attack =
+        "ln -s /etc/passwd artifacts/passwd; ln -s ../../../secrets.key artifacts/key; mkfifo artifacts/fifo; \
+                  echo fine > artifacts/fine.txt";
+    server.workflow("Links", json!({"steps": [{"shell": attack}]})).await;
+    let id = id(&server.execute("links", json!({})).await);
+    let e = server.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(e["status"], "completed", "{e:#}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s3.object(&format!("runs/{id}/logs.jsonl")).is_file() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(s3.object(&format!("runs/{id}/fine.txt")).is_file(), "an ordinary file is uploaded");
+    for name in ["passwd", "key", "fifo"] {
+        assert!(!s3.object(&format!("runs/{id}/{name}")).exists(), "{name} was uploaded");
+    }
+    for entry in std::fs::read_dir(s3.object(&format!("runs/{id}"))).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(host_secret.len()).any(|w| w == host_secret));
+        assert!(!bytes.windows(10).any(|w| w == b"root:x:0:0"));
+    }
+}
+
+#[tokio::test]
 async fn a_bucket_that_cannot_be_used_stops_the_server_at_startup_saying_why() {
     let s3 = S3Server::start().await;
     let dir = tempfile::tempdir().unwrap();

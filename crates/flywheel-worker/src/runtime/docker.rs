@@ -231,6 +231,9 @@ impl Runtime for DockerRuntime {
             removed: false,
             memory_bytes: self.config.limits.memory_bytes,
             oom_killed: false,
+            pids_hit: Default::default(),
+            pids_limit: self.config.limits.pids,
+            pids_watch: None,
         };
         // Attach before starting, so no output is missed.
         let attach =
@@ -247,6 +250,10 @@ impl Runtime for DockerRuntime {
             let mut control = control;
             control.kill().await;
             return Err(SandboxError(format!("could not start the container: {err}")));
+        }
+        let mut control = control;
+        if self.config.limits.pids > 0 {
+            control.pids_watch = Some(watch_pids(id.clone(), control.pids_hit.clone()));
         }
         // The container's output is diagnostics (events come on the channel).
         let (mut diagnostics_tx, diagnostics_rx) = tokio::io::duplex(16 << 10);
@@ -328,6 +335,52 @@ struct DockerControl {
     memory_bytes: u64,
     /// Whether the engine said the container was killed for its memory.
     oom_killed: bool,
+    /// Set when the container's cgroup counts a fork refused at its pids
+    /// limit (watched while it runs: the engine removes the cgroup with it).
+    pids_hit: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pids_limit: u64,
+    pids_watch: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for DockerControl {
+    fn drop(&mut self) {
+        if let Some(watch) = self.pids_watch.take() {
+            watch.abort();
+        }
+    }
+}
+
+/// Watches the pids cgroup of container `id` while it exists.
+fn watch_pids(id: String, hit: std::sync::Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let id = id.clone();
+            match tokio::task::spawn_blocking(move || pids_limit_hit(&id)).await {
+                Ok(Some(true)) => {
+                    hit.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                Ok(Some(false)) => {}
+                _ => return,
+            }
+        }
+    })
+}
+
+/// Whether the cgroup of container `id` refused a process at its pids limit,
+/// when this host's cgroup files are visible (the worker runs beside the
+/// engine, with the cgroupfs or the systemd driver, v1 or v2).
+/// `None` when the container's cgroup is not (or no longer) visible.
+fn pids_limit_hit(id: &str) -> Option<bool> {
+    let candidates = [
+        format!("/sys/fs/cgroup/pids/docker/{id}/pids.events"),
+        format!("/sys/fs/cgroup/pids/system.slice/docker-{id}.scope/pids.events"),
+        format!("/sys/fs/cgroup/docker/{id}/pids.events"),
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/pids.events"),
+    ];
+    let events = candidates.iter().find_map(|path| std::fs::read_to_string(path).ok())?;
+    Some(events.lines().any(|line| line.strip_prefix("max ").is_some_and(|n| n.trim().parse::<u64>().unwrap_or(0) > 0)))
 }
 
 #[async_trait]
@@ -339,6 +392,11 @@ impl SandboxControl for DockerControl {
         // What the engine knows of how it ended goes with the container.
         if let Ok(inspected) = self.docker.inspect_container(&self.id, None).await {
             self.oom_killed |= inspected.state.and_then(|s| s.oom_killed).unwrap_or(false);
+            if let Some(full_id) = inspected.id {
+                if self.pids_limit > 0 && pids_limit_hit(&full_id) == Some(true) {
+                    self.pids_hit.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
         }
         let options = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
         let _ = self.docker.kill_container(&self.id, Some(options)).await;
@@ -368,10 +426,16 @@ impl SandboxControl for DockerControl {
     }
 
     async fn limit_hit(&mut self) -> Option<String> {
-        self.oom_killed.then(|| {
-            format!(
+        if self.oom_killed {
+            return Some(format!(
                 "the sandbox ran out of memory: it hit its limit of {} MiB (--sandbox-memory) and a process of it was killed",
                 self.memory_bytes / (1024 * 1024)
+            ));
+        }
+        self.pids_hit.load(std::sync::atomic::Ordering::SeqCst).then(|| {
+            format!(
+                "the sandbox hit its limit of {} processes and threads (--sandbox-pids): starting another one failed",
+                self.pids_limit
             )
         })
     }
