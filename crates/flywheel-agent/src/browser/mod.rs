@@ -121,7 +121,7 @@ fn chromium_args(options: &BrowserOptions) -> Vec<String> {
         "--disable-component-extensions-with-background-pages",
         "--disable-domain-reliability",
         "--disable-client-side-phishing-detection",
-        "--disable-features=Translate,MediaRouter,OptimizationHints,IsolateOrigins,site-per-process,DialMediaRouteProvider,AutofillServerCommunication,NetworkTimeServiceQuerying,PasswordLeakDetection,CertificateTransparencyComponentUpdater,SafeBrowsing",
+        "--disable-features=Translate,MediaRouter,OptimizationHints,OptimizationHintsFetching,OptimizationGuideModelDownloading,OptimizationTargetPrediction,IsolateOrigins,site-per-process,DialMediaRouteProvider,AutofillServerCommunication,NetworkTimeServiceQuerying,PasswordLeakDetection,CertificateTransparencyComponentUpdater,SafeBrowsing",
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -152,6 +152,14 @@ impl Browser {
         let (from_browser_read, from_browser_write) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fail("pipe", &e))?;
         std::fs::create_dir_all(&options.scratch_dir).map_err(|e| fail("scratch dir", &e))?;
+        // No password manager calling home to check a typed password for leaks.
+        let defaults = options.scratch_dir.join("chromium-profile").join("Default");
+        std::fs::create_dir_all(&defaults).map_err(|e| fail("profile dir", &e))?;
+        std::fs::write(
+            defaults.join("Preferences"),
+            r#"{"credentials_enable_service": false, "profile": {"password_manager_leak_detection": false}}"#,
+        )
+        .map_err(|e| fail("profile preferences", &e))?;
         let stderr_path = options.scratch_dir.join("chromium.log");
         let stderr = std::fs::File::create(&stderr_path).map_err(|e| fail("log file", &e))?;
         let mut command = tokio::process::Command::new(&options.executable);

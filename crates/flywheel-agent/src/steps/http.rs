@@ -63,6 +63,12 @@ pub async fn run(ctx: &mut RunContext, index: u32, step: &HttpStep, timeout: Opt
         .send()
         .await
         .map_err(|e| anyhow::anyhow!("{method} {url} failed: {:#}", anyhow::Error::new(e.without_url())))?;
+    // Refused by the egress proxy: say why, not just its status.
+    if ctx.proxy.is_some() {
+        if let Some(why) = response.headers().get(flywheel_model::protocol::REFUSED_HEADER) {
+            bail!("{method} {url}: {}", why.to_str().unwrap_or("refused by the egress proxy"));
+        }
+    }
     let status = response.status().as_u16();
     let mut headers = Map::new();
     for (name, value) in response.headers() {
