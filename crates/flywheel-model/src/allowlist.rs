@@ -114,36 +114,51 @@ impl Allowlist {
             return true;
         }
         let Some(host) = url.host_str().map(bare_host) else { return false };
+        // An encoded slash, backslash or dot could climb out of a path
+        // prefix on a server that decodes before it resolves `..`.
+        let lower_path = url.path().to_ascii_lowercase();
+        let encoded_escape = ["%2f", "%5c", "%2e"].iter().any(|e| lower_path.contains(e));
         self.entries.iter().any(|entry| match entry {
             Entry::Origin { scheme, port, path, .. } => {
                 url.scheme() == scheme
                     && host_matches(entry, &host)
                     && url.port_or_known_default() == *port
-                    && (path.is_empty() || url.path() == path || url.path().starts_with(&format!("{path}/")))
+                    && (path.is_empty()
+                        || (!encoded_escape && (url.path() == path || url.path().starts_with(&format!("{path}/")))))
             }
             Entry::Host { .. } => host_matches(entry, &host),
         })
     }
 
-    /// Whether a connection to `host:port` may be made (a tunnel: the
-    /// scheme and path are not known, so an origin entry allows its host
-    /// and port).
+    /// Whether a tunnel to `host:port` may be opened. A tunnel hides its
+    /// scheme and path, so an origin entry allows its host and port, except
+    /// a plain `http://` (or `ws://`) origin with a path prefix: a tunnel
+    /// there would reach every path, and plain HTTP can go through the
+    /// proxy as requests whose paths are checked. (The path of an
+    /// `https://` entry is enforced by the browser only.)
     pub fn allows_endpoint(&self, host: &str, port: u16) -> bool {
         if self.entries.is_empty() {
             return true;
         }
         let host = bare_host(host);
         self.entries.iter().any(|entry| match entry {
-            Entry::Origin { port: p, .. } => host_matches(entry, &host) && *p == Some(port),
+            Entry::Origin { scheme, port: p, path, .. } => {
+                let plain = scheme == "http" || scheme == "ws";
+                host_matches(entry, &host) && *p == Some(port) && !(plain && !path.is_empty())
+            }
             Entry::Host { .. } => host_matches(entry, &host),
         })
     }
 
-    /// Whether an entry names `host` itself (so a private address it
-    /// resolves to was chosen, not stumbled on).
+    /// Whether an entry names `host` itself, so that a private address it
+    /// resolves to was chosen, not stumbled on. A `*.domain` pattern names
+    /// no host: whoever controls a subdomain's DNS could point it anywhere.
     pub fn names(&self, host: &str) -> bool {
         let host = bare_host(host);
-        self.entries.iter().any(|entry| host_matches(entry, &host))
+        self.entries.iter().any(|entry| match entry {
+            Entry::Host { subdomains: true, .. } => false,
+            _ => host_matches(entry, &host),
+        })
     }
 }
 
@@ -179,10 +194,14 @@ mod tests {
         assert!(allow.allows_endpoint("portal.example.com", 443));
         assert!(!allow.allows_endpoint("portal.example.com", 80));
         assert!(allow.allows_endpoint("x.assets.io", 8443));
-        assert!(allow.allows_endpoint("127.0.0.1", 8080) && !allow.allows_endpoint("127.0.0.1", 8081));
+        assert!(!allow.allows_endpoint("127.0.0.1", 8080), "a tunnel would bypass the path prefix");
         assert!(allow.allows_endpoint("::1", 9) && allow.allows_endpoint("[::1]", 9));
-        assert!(allow.names("127.0.0.1") && allow.names("cdn.assets.io") && allow.names("::1"));
+        assert!(allow.names("127.0.0.1") && allow.names("::1"));
         assert!(!allow.names("10.0.0.1"));
+        assert!(!allow.names("cdn.assets.io"), "a pattern names no host");
+        for escape in ["/app/..%2f..%2fapi", "/app/%2e%2e/api", "/app/..%5capi", "/app/%2E%2E/api"] {
+            assert!(!allow.allows(&format!("http://127.0.0.1:8080{escape}")), "{escape}");
+        }
         assert!(list(&[]).allows_endpoint("10.0.0.1", 22) && !list(&[]).names("10.0.0.1"));
     }
 

@@ -266,12 +266,25 @@ async fn forward(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bo
         };
     tokio::spawn(connection);
     let (mut parts, body) = request.into_parts();
-    parts.uri = match uri.path_and_query() {
-        Some(path) => path.as_str().parse().unwrap_or_default(),
-        None => "/".parse().unwrap_or_default(),
+    // What goes upstream is what was checked: the path as the allowlist saw
+    // it (normalised), and the Host of the checked URL, not the client's.
+    let Ok(checked) = url::Url::parse(&url) else {
+        return refuse(&shared, &what, &host, port, "the URL does not parse".into());
     };
-    for hop in ["proxy-connection", "proxy-authorization", "connection", "keep-alive", "te", "trailer"] {
+    let origin_form = match checked.query() {
+        Some(query) => format!("{}?{query}", checked.path()),
+        None => checked.path().to_owned(),
+    };
+    parts.uri = match origin_form.parse() {
+        Ok(uri) => uri,
+        Err(_) => return refuse(&shared, &what, &host, port, "the path does not parse".into()),
+    };
+    for hop in ["proxy-connection", "proxy-authorization", "connection", "keep-alive", "te", "trailer", "upgrade"] {
         parts.headers.remove(hop);
+    }
+    let authority = &checked[url::Position::BeforeHost..url::Position::AfterPort];
+    if let Ok(authority) = hyper::header::HeaderValue::from_str(authority) {
+        parts.headers.insert(hyper::header::HOST, authority);
     }
     let started = Instant::now();
     match sender.send_request(Request::from_parts(parts, body)).await {
@@ -367,6 +380,7 @@ mod tests {
             .unwrap_err()
             .contains("url_allowlist"));
         assert!(decide(&named, "127.0.0.1", 9090, None).await.is_err());
+        assert!(decide(&named, "127.0.0.1", 8080, None).await.is_err(), "no tunnel around the path prefix");
         let private = EgressPolicy { allowlist: Allowlist::default(), allow_private: true };
         assert!(decide(&private, "127.0.0.1", 8080, None).await.is_ok());
     }

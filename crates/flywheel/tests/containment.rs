@@ -417,6 +417,47 @@ python3 -c "import socket; s=socket.socket(socket.AF_UNIX); s.connect('\0{name}'
     let log = e["logs"].to_string();
     assert!(log.contains("network: refused GET http://127.0.0.1:") && log.contains("private"), "{log}");
     assert!(log.contains("169.254.169.254"), "{log}");
+
+    // An allowlist that names only the demo portal's path reaches it, and
+    // nothing else of the same server, however the path is spelt.
+    let base = &server.url;
+    let echo = {
+        let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+            headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("none").to_owned()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    };
+    let escapes = format!(
+        r#"
+code() {{ curl -s -m 5 -o /dev/null -w '%{{http_code}}' "$@"; echo; }}
+echo "portal $(code {base}/demo/login)"
+echo "dotdot $(code --path-as-is {base}/demo/../api/health)"
+echo "encoded $(code {base}/demo/%2e%2e/api/health)"
+echo "slash $(code {base}/demo/..%2f..%2fapi/health)"
+echo "tunnel $(code -p {base}/api/health)"
+echo "host $(curl -s -m 5 -H 'Host: internal.example' {echo}/)"
+"#
+    );
+    server
+        .workflow(
+            "Escapes",
+            json!({"url_allowlist": [format!("{base}/demo"), echo], "steps": [{"shell": {"command": escapes, "name": "codes"}}]}),
+        )
+        .await;
+    let run = id(&server.execute("escapes", json!({})).await);
+    let e = server.wait_terminal(&run, Duration::from_secs(60)).await;
+    let codes: std::collections::HashMap<&str, &str> =
+        e["output"]["codes"].as_str().unwrap_or_default().lines().filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(codes.get("portal"), Some(&"200"), "{e:#}");
+    let echoed = echo.trim_start_matches("http://");
+    assert_eq!(codes.get("host"), Some(&echoed), "the checked host is sent, not the client's: {e:#}");
+    for escape in ["dotdot", "encoded", "slash"] {
+        assert_eq!(codes.get(escape), Some(&"403"), "{escape}: {e:#}");
+    }
+    assert_ne!(codes.get("tunnel"), Some(&"200"), "no tunnel around the path: {e:#}");
 }
 
 /// A server that counts the TCP connections it is offered.
