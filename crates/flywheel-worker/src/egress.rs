@@ -35,7 +35,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
 /// How long resolving and connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -66,13 +66,15 @@ type Body = BoxBody<Bytes, hyper::Error>;
 /// Shared by the connections of one proxy.
 struct Shared {
     policy: EgressPolicy,
-    log: UnboundedSender<NewLogEntry>,
+    /// Bounded: a sandbox that opens connections faster than they are
+    /// stored loses log lines, not the worker's memory.
+    log: Sender<NewLogEntry>,
     slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Starts the proxy of one execution at `run_dir/proxy.sock`; what it
 /// logs goes to `log`.
-pub fn start(run_dir: &Path, policy: EgressPolicy, log: UnboundedSender<NewLogEntry>) -> std::io::Result<EgressProxy> {
+pub fn start(run_dir: &Path, policy: EgressPolicy, log: Sender<NewLogEntry>) -> std::io::Result<EgressProxy> {
     let path = run_dir.join(PROXY_SOCKET);
     let listener = bind_unix(&path)?;
     open_to_sandbox(&path)?;
@@ -81,7 +83,7 @@ pub fn start(run_dir: &Path, policy: EgressPolicy, log: UnboundedSender<NewLogEn
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
-                let _ = shared.log.send(entry(
+                let _ = shared.log.try_send(entry(
                     LogLevel::Warn,
                     format!("network: refused a connection: more than {MAX_CONNECTIONS} at once"),
                     json!({"allowed": false}),
@@ -295,7 +297,7 @@ async fn forward(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bo
                 .get(hyper::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            let _ = shared.log.send(entry(
+            let _ = shared.log.try_send(entry(
                 LogLevel::Info,
                 format!("network: {what} → {} ({} ms)", status.as_u16(), started.elapsed().as_millis()),
                 json!({"host": host, "port": port, "address": address.ip().to_string(), "allowed": true, "status": status.as_u16(), "bytes_in": size}),
@@ -307,7 +309,7 @@ async fn forward(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bo
 }
 
 fn refuse(shared: &Shared, what: &str, host: &str, port: u16, why: String) -> Response<Body> {
-    let _ = shared.log.send(entry(
+    let _ = shared.log.try_send(entry(
         LogLevel::Warn,
         format!("network: refused {what}: {why}"),
         json!({"host": host, "port": port, "allowed": false, "reason": why}),
@@ -326,7 +328,7 @@ fn log_closed(
     back: u64,
     started: Instant,
 ) {
-    let _ = shared.log.send(entry(
+    let _ = shared.log.try_send(entry(
         LogLevel::Info,
         format!("network: {what} ({}) closed: {out} bytes out, {back} in, {} ms", address.ip(), started.elapsed().as_millis()),
         json!({"host": host, "port": port, "address": address.ip().to_string(), "allowed": true, "bytes_out": out, "bytes_in": back}),

@@ -54,6 +54,8 @@ const STDERR_TAIL: usize = 4096;
 const DIAGNOSTIC_LINE: usize = 4096;
 /// Most log entries one execution stores; past it the rest is counted.
 pub const MAX_LOG_ENTRIES: usize = 100_000;
+/// Connection log lines of the egress proxy waiting to be stored.
+const EGRESS_LOG_QUEUE: usize = 1024;
 /// Model calls an agent may ask for per turn it may take (its retries).
 const MODEL_CALLS_PER_TURN: u32 = 3;
 
@@ -116,7 +118,7 @@ pub(crate) async fn run_execution(deps: Arc<RunDeps>, claimed: ClaimedExecution)
 
 async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path, run_dir: &Path, stop: &StopHandle) {
     let lease = &claimed.lease;
-    let (egress_log, egress_entries) = tokio::sync::mpsc::unbounded_channel();
+    let (egress_log, egress_entries) = tokio::sync::mpsc::channel(EGRESS_LOG_QUEUE);
     let mut run = Run {
         deps,
         lease,
@@ -180,7 +182,7 @@ async fn start_sandbox(
     job: &Job,
     work_dir: &Path,
     run_dir: &Path,
-    egress_log: tokio::sync::mpsc::UnboundedSender<NewLogEntry>,
+    egress_log: tokio::sync::mpsc::Sender<NewLogEntry>,
 ) -> Result<Started, ExecutionError> {
     let sandbox_error = |what: &str, err: &dyn std::fmt::Display| {
         ExecutionError::new(ErrorCode::SandboxError, format!("{what}: {err}"))
@@ -435,7 +437,7 @@ impl Run<'_> {
         &mut self,
         claimed: &ClaimedExecution,
         started: Started,
-        mut egress_entries: tokio::sync::mpsc::UnboundedReceiver<NewLogEntry>,
+        mut egress_entries: tokio::sync::mpsc::Receiver<NewLogEntry>,
         stop: &StopHandle,
     ) -> Option<ExecutionError> {
         let Started { sandbox: Sandbox { diagnostics, mut control }, agent, _egress } = started;
