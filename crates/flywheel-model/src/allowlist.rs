@@ -144,7 +144,7 @@ impl Allowlist {
         self.entries.iter().any(|entry| match entry {
             Entry::Origin { scheme, port: p, path, .. } => {
                 let plain = scheme == "http" || scheme == "ws";
-                host_matches(entry, &host) && *p == Some(port) && !(plain && !path.is_empty())
+                host_matches(entry, &host) && *p == Some(port) && (path.is_empty() || !plain)
             }
             Entry::Host { .. } => host_matches(entry, &host),
         })
