@@ -100,7 +100,7 @@ impl IntoResponse for ApiError {
 /// A JSON body whose problems come back as FastAPI-style 422s.
 pub struct ApiJson<T>(pub T);
 
-/// Like [`ApiJson`], but an empty body is `None` (for bodies that are optional).
+/// Like [`ApiJson`], but an empty body or `null` is `None` (for bodies that are optional).
 pub struct MaybeJson<T>(pub Option<T>);
 
 /// Parses a JSON body, reporting problems with their location under `body`.
@@ -144,6 +144,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for MaybeJson<T> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(MaybeJson(None));
         }
-        parse_json_body(&bytes).map(|v| MaybeJson(Some(v)))
+        // `null` is no body too.
+        parse_json_body::<Option<T>>(&bytes).map(MaybeJson)
     }
 }

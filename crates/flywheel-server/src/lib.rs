@@ -12,6 +12,7 @@ pub mod error;
 pub mod openapi;
 pub mod payload;
 pub mod routes;
+pub mod spec_schema;
 pub mod views;
 
 use auth::{KeyCache, UrlSigner};

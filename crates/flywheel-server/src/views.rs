@@ -301,12 +301,57 @@ pub struct Health {
     pub version: String,
 }
 
-/// The FastAPI error body.
+/// The FastAPI error body of every 4xx and 5xx: `detail` is a message,
+/// or, for a 422, the list of what is wrong with the request.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// A message, or (422) a list of `{loc, msg, type}`.
-    #[schema(value_type = Object)]
-    pub detail: Value,
+    pub detail: ErrorDetail,
+}
+
+/// A message (`"Execution not found"`), or (422) a list of `{loc, msg, type}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ErrorDetail {
+    Message(String),
+    Fields(Vec<ValidationError>),
+}
+
+/// The 422 body: what is wrong with the request, one entry per problem.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidationErrorBody {
+    pub detail: Vec<ValidationError>,
+}
+
+/// One problem with a request, FastAPI's shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidationError {
+    /// Where: `body`, `query`, `path` or `header`, then field names and list indexes.
+    pub loc: Vec<LocItem>,
+    /// What is wrong, for a person.
+    pub msg: String,
+    /// What kind of problem: `missing`, `value_error`, `type_error`, `json_invalid`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// A field name or a list index.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LocItem {
+    Key(String),
+    Index(u64),
+}
+
+/// One Server-Sent Event of `GET /api/executions/{id}/events`, as an SSE
+/// client reads it: a log entry, or last, `end`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionEvent {
+    /// The entry's `seq` (none on `end`); send it back as `Last-Event-ID` to resume.
+    pub id: Option<String>,
+    /// The entry's `kind` (`status`, `step`, `log`, `action`, `output`, `artifact`, `error`), or `end`.
+    pub event: String,
+    /// JSON: the [`LogEntryView`], or for `end`, `{"status", "execution_uuid"}`.
+    pub data: String,
 }
 
 /// A secret's name and dates; its value is never returned.

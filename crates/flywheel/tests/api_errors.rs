@@ -144,17 +144,24 @@ async fn invalid_bodies_are_422_in_fastapi_shape_and_change_nothing() {
     for path in [
         "/api/executions?status=done",
         "/api/executions?limit=0",
-        "/api/executions?workflow_uuid=xyz",
+        "/api/executions?limit=",
         "/api/executions?since=yesterday",
         "/api/workflows?limit=abc",
+        "/api/executions/00000000-0000-7000-8000-000000000000/logs?after=x",
     ] {
         let (s, b) = server.request(Method::GET, path, None).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {b}");
         assert_eq!(b["detail"][0]["loc"][0], "query");
     }
-    let (s, b) = server.request(Method::GET, "/api/executions?cursor=garbage", None).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    // An unknown workflow to filter by is a 404, as on /api/workflows/{id}.
+    let (s, b) = server.request(Method::GET, "/api/executions?workflow_uuid=xyz", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
     assert_detail_string(&b);
+    for cursor in ["garbage", "", "{00000000-0000-7000-8000-000000000000}"] {
+        let (s, b) = server.request(Method::GET, &format!("/api/executions?cursor={cursor}"), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{cursor:?}: {b}");
+        assert_detail_string(&b);
+    }
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 use super::{execution_id, query_param, QueryMap};
 use crate::error::{ApiError, ApiResult};
-use crate::views::{Artifact, ArtifactList, ErrorBody, LOGS_ARTIFACT};
+use crate::views::{Artifact, ArtifactList, ErrorBody, ValidationErrorBody, LOGS_ARTIFACT};
 use crate::{auth, App};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -23,8 +23,8 @@ use std::time::Duration;
 const PRESIGNED_URL_TTL: Duration = Duration::from_secs(3600);
 
 #[utoipa::path(get, path = "/api/executions/{id}/artifacts", tag = "artifacts",
-    params(("id" = String, Path, description = "execution uuid")),
-    responses((status = 200, body = ArtifactList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path, format = Uuid, description = "execution uuid")),
+    responses((status = 200, body = ArtifactList), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such execution")))]
 pub async fn list_artifacts(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<ArtifactList>> {
     let id = execution_id(&id)?;
     app.store.get_execution(id).await?;
@@ -46,9 +46,16 @@ pub async fn list_artifacts(State(app): State<Arc<App>>, Path(id): Path<String>)
 }
 
 #[utoipa::path(get, path = "/api/executions/{id}/artifacts/{name}", tag = "artifacts",
-    params(("id" = String, Path, description = "execution uuid"), ("name" = String, Path, description = "artifact name"),
+    params(("id" = String, Path, format = Uuid, description = "execution uuid"), ("name" = String, Path, description = "artifact name"),
         ("expires" = Option<i64>, Query, description = "from a signed URL"), ("signature" = Option<String>, Query, description = "from a signed URL")),
-    responses((status = 200, description = "the bytes"), (status = 206, description = "a byte range"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 416, description = "unsatisfiable range")))]
+    responses(
+        (status = 200, description = "the bytes, with the artifact's own content type", content_type = "*/*", body = Vec<u8>),
+        (status = 206, description = "a byte range (`Range: bytes=…`)", content_type = "*/*", body = Vec<u8>),
+        (status = 307, description = "artifacts in a bucket: a presigned URL to fetch them from (`Location`)"),
+        (status = 401, body = ErrorBody, description = "no valid API key, and no valid signature"),
+        (status = 404, body = ErrorBody, description = "no such execution or artifact"),
+        (status = 416, description = "unsatisfiable range"),
+        (status = 422, body = ValidationErrorBody, description = "invalid body or parameters")))]
 pub async fn download_artifact(
     State(app): State<Arc<App>>,
     Path((id, name)): Path<(String, String)>,

@@ -12,7 +12,7 @@
 
 use super::{execution_id, query_param, QueryMap};
 use crate::error::ApiResult;
-use crate::views::{ErrorBody, LogEntryView};
+use crate::views::{ErrorBody, ExecutionEvent, LogEntryView, ValidationErrorBody};
 use crate::App;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -33,9 +33,10 @@ const BATCH: i64 = 500;
 const POLL: Duration = Duration::from_secs(1);
 
 #[utoipa::path(get, path = "/api/executions/{id}/events", tag = "executions",
-    params(("id" = String, Path, description = "execution uuid"),
-        ("after" = Option<i64>, Query, description = "resume after this seq (the Last-Event-ID header does the same)")),
-    responses((status = 200, description = "text/event-stream of log entries, then `end`", content_type = "text/event-stream"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path, format = Uuid, description = "execution uuid"),
+        ("after" = Option<i64>, Query, description = "resume after this seq (a numeric Last-Event-ID header does the same, and wins)")),
+    responses((status = 200, description = "text/event-stream of log entries, then `end`", content_type = "text/event-stream", body = ExecutionEvent),
+        (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such execution"), (status = 422, body = ValidationErrorBody, description = "invalid body or parameters")))]
 pub async fn execution_events(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -46,7 +47,8 @@ pub async fn execution_events(
     app.store.get_execution(id).await?;
     let from_header =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
-    let after = from_header.or(query_param::<i64>(&query, "after", "a sequence number")?).unwrap_or(0);
+    let after_query = query_param::<i64>(&query, "after", "a sequence number")?;
+    let after = from_header.or(after_query).unwrap_or(0);
     let rx = app.signals.subscribe_logs();
     let feed = Feed { app, id, after, rx, pending: VecDeque::new(), done: false };
     let stream =

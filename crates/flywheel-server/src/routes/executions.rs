@@ -4,42 +4,42 @@
 use super::workflows::parse_version_ref;
 use super::{execution_id, page_limit, query_param, QueryMap};
 use crate::error::{ApiError, ApiResult, MaybeJson};
-use crate::views::{ErrorBody, Execution, ExecutionPage, LogEntryView, LogPage};
+use crate::views::{ErrorBody, Execution, ExecutionPage, LogEntryView, LogPage, ValidationErrorBody};
 use crate::App;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use flywheel_model::field_error::LocSegment;
 use flywheel_model::{ErrorCode, ExecutionError, ExecutionStatus, Specification};
-use flywheel_store::records::{ExecutionFilter, ExecutionLimits, ExecutionRecord, NewExecution, Page, VersionRef};
+use flywheel_store::records::{ExecutionFilter, ExecutionLimits, ExecutionRecord, NewExecution, VersionRef};
 use flywheel_store::StoreError;
 use flywheel_worker::signals::StopReason;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Body of `POST /api/workflows/{id}/execute`.
+/// Body of `POST /api/workflows/{id}/execute`; no body is the same as `{}`.
 #[derive(Debug, Deserialize, ToSchema, Default)]
 pub struct ExecuteWorkflow {
-    /// The input payload (an object); `{{ input.* }}` in steps.
+    /// The input payload (an object); `{{ input.* }}` in steps. Default `{}`.
     #[serde(rename = "inputPayload", default)]
     #[schema(value_type = Option<Object>)]
     pub input_payload_camel: Option<Value>,
-    /// Alias of `inputPayload`.
+    /// Alias of `inputPayload` (which wins if both are given).
     #[serde(rename = "input_payload", default)]
     #[schema(value_type = Option<Object>)]
     pub input_payload: Option<Value>,
-    /// Run this version (number or version uuid) instead of the current one.
+    /// Run this version instead of the current one.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::VersionRef>)]
     pub version: Option<Value>,
 }
 
-#[utoipa::path(post, path = "/api/workflows/{id}/execute", tag = "executions", request_body = ExecuteWorkflow,
-    params(("id" = String, Path, description = "workflow uuid or slug")),
-    responses((status = 201, body = Execution, description = "durably queued"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/workflows/{id}/execute", tag = "executions", request_body = Option<ExecuteWorkflow>,
+    params(("id" = String, Path, pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9][a-z0-9-]{0,99})$", description = "workflow uuid or slug")),
+    responses((status = 201, body = Execution, description = "durably queued"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such workflow or version"), (status = 422, body = ValidationErrorBody, description = "invalid body or parameters")))]
 pub async fn execute_workflow(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -52,6 +52,12 @@ pub async fn execute_workflow(
             ApiError::field(&["body", "version"], "value_error", "version must be a version number or a version uuid")
         })?),
     };
+    // Both spellings must be objects (or null), even the one not used.
+    for (field, value) in [("inputPayload", &body.input_payload_camel), ("input_payload", &body.input_payload)] {
+        if !matches!(value, None | Some(Value::Null | Value::Object(_))) {
+            return Err(ApiError::field(&["body", field], "type_error", format!("{field} must be an object")));
+        }
+    }
     let (input, field) = match (body.input_payload_camel, body.input_payload) {
         (Some(v), _) => (v, "inputPayload"),
         (None, Some(v)) => (v, "input_payload"),
@@ -154,9 +160,9 @@ pub async fn retry(app: &App, id: Uuid) -> ApiResult<ExecutionRecord> {
     Ok(outcome.new)
 }
 
-#[utoipa::path(post, path = "/api/workflows/{id}/run", tag = "executions", request_body = ExecuteWorkflow,
-    params(("id" = String, Path, description = "workflow uuid or slug")),
-    responses((status = 201, body = Execution, description = "alias of execute"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/workflows/{id}/run", tag = "executions", request_body = Option<ExecuteWorkflow>,
+    params(("id" = String, Path, pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9][a-z0-9-]{0,99})$", description = "workflow uuid or slug")),
+    responses((status = 201, body = Execution, description = "alias of execute"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such workflow or version"), (status = 422, body = ValidationErrorBody, description = "invalid body or parameters")))]
 pub async fn run_workflow(
     state: State<Arc<App>>,
     path: Path<String>,
@@ -167,27 +173,18 @@ pub async fn run_workflow(
 
 #[utoipa::path(get, path = "/api/executions", tag = "executions",
     params(
-        ("workflow_uuid" = Option<String>, Query, description = "only this workflow's"),
-        ("status" = Option<String>, Query, description = "only in this status"),
-        ("since" = Option<String>, Query, description = "only created at or after this RFC 3339 time"),
-        ("limit" = Option<i64>, Query, description = "1 to 200, default 50"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
-    responses((status = 200, body = ExecutionPage, description = "newest first"), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        ("workflow_uuid" = Option<String>, Query, pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9][a-z0-9-]{0,99})$", description = "only this workflow's (uuid or slug)"),
+        ("status" = Option<StatusFilter>, Query, description = "only in this status"),
+        ("since" = Option<String>, Query, format = DateTime, description = "only created at or after this RFC 3339 time"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"),
+        ("cursor" = Option<String>, Query, format = Uuid, description = "next_cursor of the previous page")),
+    responses((status = 200, body = ExecutionPage, description = "newest first"), (status = 400, body = ErrorBody, description = "cursor is not a next_cursor"),
+        (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such workflow"), (status = 422, body = ValidationErrorBody, description = "invalid body or parameters")))]
 pub async fn list_executions(
     State(app): State<Arc<App>>,
     Query(query): Query<QueryMap>,
 ) -> ApiResult<Json<ExecutionPage>> {
-    let workflow_uuid = match query.get("workflow_uuid").map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        None => None,
-        Some(id) => match app.store.get_workflow(id).await {
-            Ok(workflow) => Some(workflow.uuid),
-            Err(StoreError::NotFound(_)) => {
-                return Err(ApiError::field(&["query", "workflow_uuid"], "value_error", format!("no workflow {id:?}")))
-            }
-            Err(err) => return Err(err.into()),
-        },
-    };
-    let created_after = match query.get("since").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+    let created_after = match query.get("since") {
         None => None,
         Some(raw) => Some(
             chrono::DateTime::parse_from_rfc3339(raw)
@@ -201,16 +198,15 @@ pub async fn list_executions(
                 .timestamp_millis(),
         ),
     };
-    let filter = ExecutionFilter {
-        created_after,
-        workflow_uuid,
-        status: query_param::<ExecutionStatus>(
-            &query,
-            "status",
-            "one of pending, queued, running, paused, completed, failed",
-        )?,
+    let status =
+        query_param::<ExecutionStatus>(&query, "status", "one of pending, queued, running, paused, completed, failed")?;
+    let page = super::page(&query, 50, 200)?;
+    // An unknown workflow is a 404, as on /api/workflows/{id}.
+    let workflow_uuid = match query.get("workflow_uuid") {
+        None => None,
+        Some(id) => Some(app.store.get_workflow(id).await?.uuid),
     };
-    let page = Page { limit: page_limit(&query, 50, 200)?, cursor: query.get("cursor").cloned() };
+    let filter = ExecutionFilter { created_after, workflow_uuid, status };
     let paged = app.store.list_executions(filter, page).await?;
     Ok(Json(ExecutionPage {
         items: paged.items.into_iter().map(|r| Execution::from_record(r, &app.signer)).collect(),
@@ -219,8 +215,8 @@ pub async fn list_executions(
 }
 
 #[utoipa::path(get, path = "/api/executions/{id}", tag = "executions",
-    params(("id" = String, Path, description = "execution uuid")),
-    responses((status = 200, body = Execution, description = "with its logs"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path, format = Uuid, description = "execution uuid")),
+    responses((status = 200, body = Execution, description = "with its logs"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such execution")))]
 pub async fn get_execution(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Execution>> {
     let id = execution_id(&id)?;
     let (record, logs) = app.store.get_execution_with_logs(id, app.config.inline_log_limit).await?;
@@ -232,8 +228,8 @@ pub async fn get_execution(State(app): State<Arc<App>>, Path(id): Path<String>) 
 }
 
 #[utoipa::path(post, path = "/api/executions/{id}/retry", tag = "executions",
-    params(("id" = String, Path, description = "execution uuid")),
-    responses((status = 201, body = Execution, description = "the new execution; the old one is stopped first if still active"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("id" = String, Path, format = Uuid, description = "execution uuid")),
+    responses((status = 201, body = Execution, description = "the new execution; the old one is stopped first if still active"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such execution"), (status = 409, body = ErrorBody, description = "it was already retried")))]
 pub async fn retry_execution(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -246,8 +242,8 @@ pub async fn retry_execution(
 }
 
 #[utoipa::path(post, path = "/api/executions/{id}/stop", tag = "executions",
-    params(("id" = String, Path, description = "execution uuid")),
-    responses((status = 200, body = Execution, description = "failed with error.code = stopped"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already completed or failed")))]
+    params(("id" = String, Path, format = Uuid, description = "execution uuid")),
+    responses((status = 200, body = Execution, description = "failed with error.code = stopped"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such execution"), (status = 409, body = ErrorBody, description = "already completed or failed")))]
 pub async fn stop_execution(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Execution>> {
     let id = execution_id(&id)?;
     let record = stop(&app, id).await?;
@@ -255,10 +251,10 @@ pub async fn stop_execution(State(app): State<Arc<App>>, Path(id): Path<String>)
 }
 
 #[utoipa::path(get, path = "/api/executions/{id}/logs", tag = "executions",
-    params(("id" = String, Path, description = "execution uuid"),
+    params(("id" = String, Path, format = Uuid, description = "execution uuid"),
         ("after" = Option<i64>, Query, description = "only entries with a larger seq (default 0)"),
-        ("limit" = Option<i64>, Query, description = "1 to 1000, default 200")),
-    responses((status = 200, body = LogPage), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 200")),
+    responses((status = 200, body = LogPage), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such execution"), (status = 422, body = ValidationErrorBody, description = "invalid body or parameters")))]
 pub async fn list_logs(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -272,4 +268,17 @@ pub async fn list_logs(
     let entries = app.store.list_logs(id, after, limit).await?;
     let next_after = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.seq)).flatten();
     Ok(Json(LogPage { items: entries.into_iter().map(LogEntryView::from).collect(), next_after }))
+}
+
+/// The statuses `GET /api/executions?status=` filters by.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ExecutionStatus)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusFilter {
+    Pending,
+    Queued,
+    Running,
+    Paused,
+    Completed,
+    Failed,
 }

@@ -9,6 +9,7 @@ pub mod system;
 pub mod workflows;
 
 use crate::error::ApiError;
+use flywheel_store::records::Page;
 use std::collections::HashMap;
 use std::str::FromStr;
 use uuid::Uuid;
@@ -17,9 +18,11 @@ use uuid::Uuid;
 /// (`loc: ["query", name]`) instead of a bare 400.
 pub type QueryMap = HashMap<String, String>;
 
-/// Reads an optional query parameter of type `T`.
+/// Reads an optional query parameter of type `T`. A parameter that is
+/// present must hold a value of that type, as the OpenAPI document says:
+/// `?limit=` is as wrong as `?limit=abc` (FastAPI answers both with a 422).
 pub fn query_param<T: FromStr>(query: &QueryMap, name: &str, what: &str) -> Result<Option<T>, ApiError> {
-    match query.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+    match query.get(name) {
         None => Ok(None),
         Some(raw) => raw.parse().map(Some).map_err(|_| {
             ApiError::field(&["query", name], "value_error", format!("{name} must be {what}, got {raw:?}"))
@@ -34,6 +37,28 @@ pub fn page_limit(query: &QueryMap, default: i64, max: i64) -> Result<i64, ApiEr
         return Err(ApiError::field(&["query", "limit"], "value_error", format!("limit must be between 1 and {max}")));
     }
     Ok(limit)
+}
+
+/// `?limit&cursor`: a cursor is the `next_cursor` of a previous page, the
+/// uuid of that page's last item, in the hyphenated form the document
+/// names (`format: uuid`); anything else is a 400.
+pub fn page(query: &QueryMap, default: i64, max: i64) -> Result<Page, ApiError> {
+    let limit = page_limit(query, default, max)?;
+    let cursor = query.get("cursor").cloned();
+    if let Some(cursor) = &cursor {
+        if !is_hyphenated_uuid(cursor) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid cursor {cursor:?}; use the next_cursor of a previous page"
+            )));
+        }
+    }
+    Ok(Page { limit, cursor })
+}
+
+/// Whether `s` is a uuid in its usual 36-character form (what JSON
+/// Schema's `format: uuid` means); the uuid crate also reads other forms.
+pub fn is_hyphenated_uuid(s: &str) -> bool {
+    s.len() == 36 && Uuid::try_parse(s).is_ok()
 }
 
 /// An execution id from the path; anything that is not a uuid cannot exist.

@@ -3,7 +3,7 @@
 //! sandbox of an execution that uses them.
 
 use crate::error::{ApiError, ApiJson, ApiResult};
-use crate::views::{ErrorBody, Secret, SecretList};
+use crate::views::{ErrorBody, Secret, SecretList, ValidationErrorBody};
 use crate::App;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -13,13 +13,14 @@ use serde::Deserialize;
 use std::sync::Arc;
 use utoipa::ToSchema;
 
-/// Largest secret value.
-const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// Longest secret value, in characters (what JSON Schema's `maxLength` counts).
+const MAX_SECRET_CHARS: usize = 64 * 1024;
 
 /// Body of `PUT /api/secrets/{name}`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PutSecret {
-    /// The value (never shown again).
+    /// The value (never shown again): 1 to 65,536 characters.
+    #[schema(min_length = 1, max_length = 65536)]
     pub value: String,
 }
 
@@ -33,9 +34,9 @@ pub fn valid_secret_name(name: &str) -> bool {
 }
 
 #[utoipa::path(put, path = "/api/secrets/{name}", tag = "secrets", request_body = PutSecret,
-    params(("name" = String, Path, description = "letters, digits and _")),
+    params(("name" = String, Path, pattern = "^[A-Za-z_][A-Za-z0-9_]{0,63}$", description = "1 to 64 letters, digits and _, not starting with a digit")),
     responses((status = 201, body = Secret, description = "created"), (status = 200, body = Secret, description = "replaced"),
-        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 401, body = ErrorBody, description = "no valid API key"), (status = 422, body = ValidationErrorBody, description = "invalid body or parameters")))]
 pub async fn put_secret(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -48,8 +49,8 @@ pub async fn put_secret(
             "a secret name is 1 to 64 letters, digits and underscores, not starting with a digit",
         ));
     }
-    if body.value.is_empty() || body.value.len() > MAX_SECRET_BYTES {
-        return Err(ApiError::field(&["body", "value"], "value_error", "a secret value has 1 byte to 64 KiB"));
+    if body.value.is_empty() || body.value.chars().count() > MAX_SECRET_CHARS {
+        return Err(ApiError::field(&["body", "value"], "value_error", "a secret value has 1 to 65,536 characters"));
     }
     let sealed = app.secrets.seal(&name, &body.value)?;
     let created = app.store.put_secret(&name, sealed).await?;
@@ -68,7 +69,7 @@ pub async fn put_secret(
 }
 
 #[utoipa::path(get, path = "/api/secrets", tag = "secrets",
-    responses((status = 200, body = SecretList, description = "names only"), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = SecretList, description = "names only"), (status = 401, body = ErrorBody, description = "no valid API key")))]
 pub async fn list_secrets(State(app): State<Arc<App>>) -> ApiResult<Json<SecretList>> {
     let items = app.store.list_secrets().await?;
     Ok(Json(SecretList {
@@ -80,8 +81,8 @@ pub async fn list_secrets(State(app): State<Arc<App>>) -> ApiResult<Json<SecretL
 }
 
 #[utoipa::path(delete, path = "/api/secrets/{name}", tag = "secrets",
-    params(("name" = String, Path, description = "secret name")),
-    responses((status = 204, description = "deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, pattern = "^[A-Za-z_][A-Za-z0-9_]{0,63}$", description = "secret name")),
+    responses((status = 204, description = "deleted"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such secret")))]
 pub async fn delete_secret(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     app.store.delete_secret(&name).await?;
     Ok(StatusCode::NO_CONTENT)

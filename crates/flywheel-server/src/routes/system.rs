@@ -2,7 +2,7 @@
 
 use crate::auth;
 use crate::error::{ApiError, ApiResult};
-use crate::openapi::ApiDoc;
+use crate::openapi;
 use crate::views::Health;
 use crate::App;
 use axum::extract::State;
@@ -11,16 +11,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flywheel_model::ExecutionStatus;
 use std::sync::Arc;
-use utoipa::OpenApi;
 
 #[utoipa::path(get, path = "/api/health", tag = "system", security(()), responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
     Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
 }
 
-#[utoipa::path(get, path = "/api/openapi.json", tag = "system", security(()), responses((status = 200, description = "this document")))]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+#[utoipa::path(get, path = "/api/openapi.json", tag = "system", security(()), responses((status = 200, description = "this document", body = Object)))]
+pub async fn openapi_json() -> Json<&'static serde_json::Value> {
+    Json(openapi::document())
 }
 
 /// Prometheus text format: executions by status, queue depth, sandboxes

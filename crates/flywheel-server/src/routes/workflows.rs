@@ -2,16 +2,16 @@
 //! specification publishes a new version), delete (stopping active
 //! executions first), and versions.
 
-use super::{page_limit, QueryMap};
+use super::QueryMap;
 use crate::error::{ApiError, ApiJson, ApiResult};
-use crate::views::{ErrorBody, VersionList, Workflow, WorkflowPage, WorkflowVersion};
+use crate::views::{ErrorBody, ValidationErrorBody, VersionList, Workflow, WorkflowPage, WorkflowVersion};
 use crate::{payload, App};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use flywheel_model::field_error::LocSegment;
 use flywheel_model::{ErrorCode, ExecutionError, FieldError, ParsedSpecification, Specification};
-use flywheel_store::records::{NewWorkflow, Page, VersionRef, WorkflowPatch, WorkflowRecord};
+use flywheel_store::records::{NewWorkflow, VersionRef, WorkflowPatch, WorkflowRecord};
 use flywheel_store::StoreError;
 use flywheel_worker::signals::StopReason;
 use serde::Deserialize;
@@ -20,46 +20,72 @@ use std::sync::Arc;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Body of `POST /api/workflows`.
+/// Body of `POST /api/workflows`: a name and `specification` (or its alias
+/// `configuration`).
 #[derive(Debug, Deserialize, ToSchema, Default)]
 pub struct CreateWorkflow {
+    /// 1 to 200 characters, not all whitespace (stored without the whitespace around it).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
-    /// Lowercase letters, digits and dashes; derived from the name if absent.
+    /// Lowercase letters, digits and dashes, not a uuid; derived from the name if absent.
     #[serde(default)]
+    #[schema(
+        max_length = 100,
+        pattern = "^(?![0-9a-f]{32}$)(?![0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$)[a-z0-9][a-z0-9-]{0,99}$"
+    )]
     pub slug: Option<String>,
     /// The specification (YAML keys as JSON).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::Specification>)]
     pub specification: Option<Value>,
     /// Alias of `specification`.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::Specification>)]
     pub configuration: Option<Value>,
 }
 
 /// Body of `PATCH /api/workflows/{id}`: only what is given changes.
 #[derive(Debug, Deserialize, ToSchema, Default)]
 pub struct UpdateWorkflow {
+    /// 1 to 200 characters, not all whitespace.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Lowercase letters, digits and dashes, not a uuid.
     #[serde(default)]
+    #[schema(
+        max_length = 100,
+        pattern = "^(?![0-9a-f]{32}$)(?![0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$)[a-z0-9][a-z0-9-]{0,99}$"
+    )]
     pub slug: Option<String>,
+    /// A changed specification publishes a new version.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::Specification>)]
     pub specification: Option<Value>,
+    /// Alias of `specification`.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::Specification>)]
     pub configuration: Option<Value>,
 }
 
 /// Validates a specification from a request body, including its JSON Schemas.
 pub fn validate_specification(spec: &Value) -> Result<ParsedSpecification, ApiError> {
     let prefix: [LocSegment; 2] = ["body".into(), "specification".into()];
-    let parsed = Specification::parse(spec)
+    let mut spec = spec.clone();
+    whole_numbers_as_integers(&mut spec);
+    let parsed = Specification::parse(&spec)
         .map_err(|errors| ApiError::Validation(errors.into_iter().map(|e| e.prefixed(&prefix)).collect()))?;
     let mut errors = Vec::new();
     for key in ["steps", "start_url", "prompt"] {
@@ -82,6 +108,36 @@ pub fn validate_specification(spec: &Value) -> Result<ParsedSpecification, ApiEr
         Ok(parsed)
     } else {
         Err(ApiError::Validation(errors.into_iter().map(|e| e.prefixed(&prefix)).collect()))
+    }
+}
+
+/// JSON (and JSON Schema's `integer`) has `9.0` the same number as `9`; the
+/// model reads whole numbers as integers only, so where it wants one, an
+/// integral float becomes that integer.
+fn whole_numbers_as_integers(spec: &mut Value) {
+    for key in ["retry_attempts", "retryAttempts", "max_steps", "maxSteps", "concurrency"] {
+        if let Some(value) = spec.get_mut(key) {
+            as_integer(value);
+        }
+    }
+    if let Some(Value::Array(steps)) = spec.get_mut("steps") {
+        for step in steps {
+            if let Some(value) = step.pointer_mut("/agent/max_steps") {
+                as_integer(value);
+            }
+            if let Some(Value::Array(codes)) = step.pointer_mut("/http/expect_status") {
+                codes.iter_mut().for_each(as_integer);
+            }
+        }
+    }
+}
+
+/// `9.0` → `9`; anything else stays as it is.
+fn as_integer(value: &mut Value) {
+    if let Some(n) = value.as_f64().filter(|_| value.is_f64()) {
+        if n.fract() == 0.0 && n.abs() < 9.0e15 {
+            *value = Value::from(n as i64);
+        }
     }
 }
 
@@ -128,19 +184,37 @@ fn check_templates(value: &Value, loc: &mut Vec<LocSegment>, errors: &mut Vec<Fi
     }
 }
 
-fn pick_specification(specification: Option<Value>, configuration: Option<Value>) -> Option<Value> {
-    specification.filter(|v| !v.is_null()).or(configuration.filter(|v| !v.is_null()))
-}
-
-fn validate_name(name: &str) -> Result<String, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::field(&["body", "name"], "value_error", "name must have 1 to 200 characters"));
+/// `specification` or its alias `configuration` (null is absent), not both.
+fn pick_specification(specification: Option<Value>, configuration: Option<Value>) -> ApiResult<Option<Value>> {
+    match (specification.filter(|v| !v.is_null()), configuration.filter(|v| !v.is_null())) {
+        (Some(_), Some(_)) => Err(ApiError::field(
+            &["body", "configuration"],
+            "value_error",
+            "configuration is an alias of specification: give one of them, not both",
+        )),
+        (spec, config) => Ok(spec.or(config)),
     }
-    Ok(name.to_owned())
 }
 
-fn validate_slug(slug: &str) -> Result<String, ApiError> {
+/// A name: 1 to 200 characters, not all whitespace (`name` in the
+/// document says so with `minLength`, `maxLength` and a `pattern` of
+/// [`crate::spec_schema::not_blank`]). Stored without the whitespace around it.
+pub fn validate_name(name: &str) -> Result<String, ApiError> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::field(
+            &["body", "name"],
+            "value_error",
+            "name must have 1 to 200 characters, not all of them whitespace",
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A slug: lowercase letters, digits and dashes, not starting with a dash,
+/// and not a uuid (a workflow is found by uuid or slug, so a slug that reads
+/// as a uuid would hide). The `pattern` of `slug` in the document says the same.
+pub fn validate_slug(slug: &str) -> Result<String, ApiError> {
     let ok = !slug.is_empty()
         && slug.len() <= 100
         && slug.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -152,7 +226,7 @@ fn validate_slug(slug: &str) -> Result<String, ApiError> {
         Err(ApiError::field(
             &["body", "slug"],
             "value_error",
-            "slug must be 1 to 100 lowercase letters, digits and dashes, not starting with a dash",
+            "slug must be 1 to 100 lowercase letters, digits and dashes, not starting with a dash and not a uuid",
         ))
     }
 }
@@ -170,13 +244,16 @@ pub fn slugify(name: &str) -> String {
     let slug: String = slug.trim_end_matches('-').chars().take(80).collect();
     if slug.is_empty() {
         "workflow".to_owned()
+    } else if Uuid::parse_str(&slug).is_ok() {
+        // A name that is a uuid: its slug must not read as one.
+        format!("workflow-{slug}")
     } else {
         slug
     }
 }
 
 #[utoipa::path(post, path = "/api/workflows", tag = "workflows", request_body = CreateWorkflow,
-    responses((status = 201, body = Workflow), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = Workflow, description = "created, version 1 published"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 409, body = ErrorBody, description = "the slug is taken"), (status = 422, body = ValidationErrorBody, description = "invalid body or parameters")))]
 pub async fn create_workflow(
     State(app): State<Arc<App>>,
     ApiJson(body): ApiJson<CreateWorkflow>,
@@ -193,7 +270,7 @@ pub async fn create_workflow(
 /// name gets a number if it is taken. Returns it with the warnings.
 pub async fn create(app: &App, body: CreateWorkflow) -> ApiResult<(WorkflowRecord, Vec<String>)> {
     let name = validate_name(&body.name)?;
-    let spec = pick_specification(body.specification, body.configuration)
+    let spec = pick_specification(body.specification, body.configuration)?
         .ok_or_else(|| ApiError::field(&["body", "specification"], "missing", "Field required"))?;
     let parsed = validate_specification(&spec)?;
     let explicit_slug = body.slug.as_deref().map(validate_slug).transpose()?;
@@ -224,7 +301,7 @@ pub async fn update(app: &App, id: &str, body: UpdateWorkflow) -> ApiResult<(Wor
     let name = body.name.as_deref().map(validate_name).transpose()?;
     let slug = body.slug.as_deref().map(validate_slug).transpose()?;
     let parsed =
-        pick_specification(body.specification, body.configuration).map(|s| validate_specification(&s)).transpose()?;
+        pick_specification(body.specification, body.configuration)?.map(|s| validate_specification(&s)).transpose()?;
     let patch = WorkflowPatch {
         name,
         slug,
@@ -259,14 +336,15 @@ pub async fn delete(app: &App, id: &str) -> ApiResult<()> {
 }
 
 #[utoipa::path(get, path = "/api/workflows", tag = "workflows",
-    params(("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
-    responses((status = 200, body = WorkflowPage), (status = 401, body = ErrorBody)))]
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"),
+        ("cursor" = Option<String>, Query, format = Uuid, description = "next_cursor of the previous page")),
+    responses((status = 200, body = WorkflowPage, description = "newest first"), (status = 400, body = ErrorBody, description = "cursor is not a next_cursor"),
+        (status = 401, body = ErrorBody, description = "no valid API key"), (status = 422, body = ValidationErrorBody, description = "invalid body or parameters")))]
 pub async fn list_workflows(
     State(app): State<Arc<App>>,
     Query(query): Query<QueryMap>,
 ) -> ApiResult<Json<WorkflowPage>> {
-    let page = Page { limit: page_limit(&query, 50, 200)?, cursor: query.get("cursor").cloned() };
-    let paged = app.store.list_workflows(page).await?;
+    let paged = app.store.list_workflows(super::page(&query, 50, 200)?).await?;
     Ok(Json(WorkflowPage {
         items: paged.items.into_iter().map(Workflow::from_record).collect(),
         next_cursor: paged.next_cursor,
@@ -274,8 +352,8 @@ pub async fn list_workflows(
 }
 
 #[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows",
-    params(("id" = String, Path, description = "workflow uuid or slug")),
-    responses((status = 200, body = Workflow), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path, pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9][a-z0-9-]{0,99})$", description = "workflow uuid or slug")),
+    responses((status = 200, body = Workflow, description = "with its versions"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such workflow")))]
 pub async fn get_workflow(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Workflow>> {
     let record = app.store.get_workflow(&id).await?;
     let versions = app.store.list_versions(record.uuid).await?;
@@ -285,8 +363,8 @@ pub async fn get_workflow(State(app): State<Arc<App>>, Path(id): Path<String>) -
 }
 
 #[utoipa::path(patch, path = "/api/workflows/{id}", tag = "workflows", request_body = UpdateWorkflow,
-    params(("id" = String, Path, description = "workflow uuid or slug")),
-    responses((status = 200, body = Workflow), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    params(("id" = String, Path, pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9][a-z0-9-]{0,99})$", description = "workflow uuid or slug")),
+    responses((status = 200, body = Workflow, description = "updated"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such workflow"), (status = 409, body = ErrorBody, description = "the slug is taken"), (status = 422, body = ValidationErrorBody, description = "invalid body or parameters")))]
 pub async fn update_workflow(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -301,16 +379,16 @@ pub async fn update_workflow(
 }
 
 #[utoipa::path(delete, path = "/api/workflows/{id}", tag = "workflows",
-    params(("id" = String, Path, description = "workflow uuid or slug")),
-    responses((status = 204, description = "deleted, with its versions, executions and artifacts"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path, pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9][a-z0-9-]{0,99})$", description = "workflow uuid or slug")),
+    responses((status = 204, description = "deleted, with its versions, executions and artifacts"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such workflow")))]
 pub async fn delete_workflow(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     delete(&app, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/workflows/{id}/versions", tag = "workflows",
-    params(("id" = String, Path, description = "workflow uuid or slug")),
-    responses((status = 200, body = VersionList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path, pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9][a-z0-9-]{0,99})$", description = "workflow uuid or slug")),
+    responses((status = 200, body = VersionList, description = "oldest first"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such workflow")))]
 pub async fn list_versions(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<VersionList>> {
     let workflow = app.store.get_workflow(&id).await?;
     let versions = app.store.list_versions(workflow.uuid).await?;
@@ -318,8 +396,8 @@ pub async fn list_versions(State(app): State<Arc<App>>, Path(id): Path<String>) 
 }
 
 #[utoipa::path(get, path = "/api/workflows/{id}/version/{version_uuid}", tag = "workflows",
-    params(("id" = String, Path, description = "workflow uuid or slug"), ("version_uuid" = String, Path, description = "version uuid, or the version number")),
-    responses((status = 200, body = WorkflowVersion), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path, pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9][a-z0-9-]{0,99})$", description = "workflow uuid or slug"), ("version_uuid" = String, Path, description = "version uuid, or the version number (1, 2, …)")),
+    responses((status = 200, body = WorkflowVersion), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such workflow or version")))]
 pub async fn get_version(
     State(app): State<Arc<App>>,
     Path((id, version)): Path<(String, String)>,
@@ -329,13 +407,19 @@ pub async fn get_version(
     Ok(Json(app.store.get_version(workflow.uuid, version).await?.into()))
 }
 
-/// A version given as a number (`2`, `"2"`) or a uuid.
+/// A version given as a number (`2`, or `"2"`: 1 to 18 digits) or a uuid
+/// (hyphenated), as `VersionRef` in the document says.
 pub fn parse_version_ref(value: &Value) -> Option<VersionRef> {
     match value {
-        Value::Number(n) => n.as_i64().map(VersionRef::Number),
-        Value::String(s) => {
-            s.parse::<i64>().ok().map(VersionRef::Number).or_else(|| Uuid::parse_str(s).ok().map(VersionRef::Uuid))
+        Value::Number(_) => {
+            let mut n = value.clone();
+            as_integer(&mut n);
+            n.as_i64().map(VersionRef::Number)
         }
+        Value::String(s) if (1..=18).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse::<i64>().ok().map(VersionRef::Number)
+        }
+        Value::String(s) if super::is_hyphenated_uuid(s) => Uuid::parse_str(s).ok().map(VersionRef::Uuid),
         _ => None,
     }
 }
