@@ -1,7 +1,7 @@
 # Flywheel: two commands do everything.
 #   make run    installs what is missing, builds, starts Flywheel (SQLite, local sandboxes, example workflows)
-#   make test   runs every test
-# Also: make build, make lint, make bench, make deps, make docker-image, make clean.
+#   make test   runs every test, then the fuzz pass of the API
+# Also: make build, make lint, make fuzz, make bench, make deps, make docker-image, make clean.
 # Variables: LISTEN=127.0.0.1:8080 DATA_DIR=./data
 
 CARGO ?= cargo
@@ -20,8 +20,13 @@ TEST_DEPS := dpkg:postgresql debootstrap:debootstrap
 BENCH_DEPS := wrk:wrk
 # The S3-compatible server the tests start (from crates.io, built by cargo).
 S3S_FS_VERSION := 0.14.1
+# The API fuzzer (from PyPI, in a venv under the build dir) and how many
+# cases it makes per operation and phase.
+SCHEMATHESIS_VERSION := 4.32.5
+FUZZ_VENV := $(TARGET_DIR)/fuzz-venv
+FUZZ_EXAMPLES ?= 100
 
-.PHONY: run build test lint bench deps test-deps bench-deps docker-image clean
+.PHONY: run build test lint fuzz bench deps test-deps fuzz-deps bench-deps docker-image clean
 
 define install_missing
 	@command -v $(CARGO) >/dev/null || { echo "Rust is missing: install it with rustup (https://rustup.rs), then run make again." >&2; exit 1; }
@@ -43,6 +48,13 @@ test-deps: deps
 	  { echo "Installing s3s-fs (the S3-compatible server of the tests)"; $(CARGO) install -q --locked s3s-fs --version $(S3S_FS_VERSION) --features binary; }
 	$(SUDO) docker/build-base-image.sh flywheel-sandbox-base:bookworm
 
+fuzz-deps:
+	$(call install_missing,python3:python3)
+	@[ -x $(FUZZ_VENV)/bin/python ] || python3 -m venv $(FUZZ_VENV) 2>/dev/null || \
+	  { rm -rf $(FUZZ_VENV); $(SUDO) apt-get install -y -q python3-venv >/dev/null && python3 -m venv $(FUZZ_VENV); }
+	@$(FUZZ_VENV)/bin/schemathesis --version 2>/dev/null | grep -qF "$(SCHEMATHESIS_VERSION)" || \
+	  $(FUZZ_VENV)/bin/pip install -q --disable-pip-version-check "schemathesis==$(SCHEMATHESIS_VERSION)"
+
 bench-deps: deps
 	$(call install_missing,$(BENCH_DEPS))
 	@[ -x bench/.venv/bin/python ] || python3 -m venv bench/.venv
@@ -55,11 +67,19 @@ run: build
 	$(TARGET_DIR)/release/flywheel serve --listen $(LISTEN) --data-dir $(DATA_DIR) --load-examples --show-key
 
 # Every test, then the end-to-end suite again on PostgreSQL (a throwaway
-# server). The multi-node cluster_ tests use PostgreSQL either way, so they
-# run in the first pass only.
+# server), then the fuzz pass. The multi-node cluster_ tests use PostgreSQL
+# either way, so they run in the first pass only.
 test: test-deps
 	$(CARGO) test --workspace --locked
 	FLYWHEEL_TEST_BACKEND=postgres $(CARGO) test --locked -p flywheel --tests -- --skip cluster_
+	$(MAKE) --no-print-directory fuzz
+
+# schemathesis against a throwaway server's own OpenAPI document, every
+# check: no 5xx, and the server keeps the contract the document states
+# (scripts/fuzz.py says how). The debug build is the one the tests built.
+fuzz: fuzz-deps
+	$(CARGO) build --locked -p flywheel
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(FUZZ_VENV)/bin/python scripts/fuzz.py $(TARGET_DIR)/debug/flywheel
 
 lint:
 	$(CARGO) fmt --all --check
