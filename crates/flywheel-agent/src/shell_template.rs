@@ -52,6 +52,9 @@ enum Context {
     Comment,
     /// Inside `$( … )`, with the depth of parentheses opened in it.
     Substitution(usize),
+    /// Inside `$(( … ))`, with the depth of parentheses opened in it: quotes
+    /// mean nothing there and `$(…)` still runs, so only numbers may go in.
+    Arithmetic(usize),
     Backquote,
     HereDoc(HereDoc),
 }
@@ -92,10 +95,33 @@ fn escape_with_backslash(value: &str, special: &[char]) -> String {
     out
 }
 
+/// The value, escaped for the innermost context of `stack`; an error when
+/// no escaping can make it data there.
+fn escape_in(value: &str, stack: &[Context]) -> Result<String, String> {
+    let context = stack.last().cloned().unwrap_or(Context::Unquoted);
+    if let Context::Arithmetic(_) = context {
+        let digits = value.strip_prefix('-').unwrap_or(value);
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!("a value inside $(( … )) must be a whole number, not {value:?}"));
+        }
+        return Ok(value.to_owned());
+    }
+    // Backquotes take backslashes away before their command is read, so no
+    // quoting survives them: only plain values may go inside.
+    if stack.contains(&Context::Backquote) && !value.is_empty() && !plainly_safe(value) {
+        return Err(format!(
+            "a value inside backquotes must be plain (letters, digits and ._/:@%+,-=), not {value:?}; use $( … ) instead"
+        ));
+    }
+    Ok(escape(value, &context))
+}
+
 /// The value, escaped for `context`.
 fn escape(value: &str, context: &Context) -> String {
     match context {
-        Context::Unquoted | Context::Substitution(_) | Context::Backquote => single_quoted(value),
+        Context::Unquoted | Context::Substitution(_) | Context::Backquote | Context::Arithmetic(_) => {
+            single_quoted(value)
+        }
         Context::Single => value.replace('\'', r"'\''"),
         Context::Double => escape_with_backslash(value, &['\\', '$', '`', '"']),
         Context::Comment => value.replace(['\n', '\r'], " "),
@@ -121,7 +147,7 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
         let context = stack.last().cloned().unwrap_or(Context::Unquoted);
         if let Some((index, len)) = read_placeholder(rest, nonce) {
             let value = values.get(index).ok_or("a template value went missing")?;
-            let escaped = escape(value, &context);
+            let escaped = escape_in(value, &stack)?;
             if let Context::HereDoc(doc) = &context {
                 for c in escaped.chars() {
                     doc_line_has_value = true;
@@ -164,6 +190,10 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
                         doc_line.push(c);
                         doc_line.push(n);
                     }
+                } else if !doc.literal && rest.starts_with("$((") {
+                    doc_line.push_str("$((");
+                    advance += 2;
+                    stack.push(Context::Arithmetic(0));
                 } else if !doc.literal && c == '$' && next == Some('(') {
                     doc_line.push_str("$(");
                     advance += 1;
@@ -183,10 +213,25 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
                     doc_line.push(c);
                 }
             }
+            Context::Arithmetic(depth) => match c {
+                '(' => stack.push(Context::Arithmetic(depth + 1)),
+                ')' if *depth > 0 => {
+                    stack.pop();
+                }
+                ')' if rest.starts_with("))") => {
+                    advance += 1;
+                    stack.pop();
+                }
+                _ => {}
+            },
             Context::Double => match c {
                 '\\' => advance += next.map_or(0, char::len_utf8),
                 '"' => {
                     stack.pop();
+                }
+                '$' if rest.starts_with("$((") => {
+                    advance += 2;
+                    stack.push(Context::Arithmetic(0));
                 }
                 '$' if next == Some('(') => {
                     advance += 1;
@@ -200,6 +245,10 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
                 '\'' => stack.push(Context::Single),
                 '"' => stack.push(Context::Double),
                 '#' if at_word_start => stack.push(Context::Comment),
+                '$' if rest.starts_with("$((") => {
+                    advance += 2;
+                    stack.push(Context::Arithmetic(0));
+                }
                 '$' if next == Some('(') => {
                     advance += 1;
                     stack.push(Context::Substitution(0));
@@ -359,14 +408,25 @@ mod tests {
                 "cat <<EOF\n@0\nEOF",
                 "cat <<'EOF'\n@0 $(x)\nEOF",
                 "cat <<-EOF\n\t@0\n\tEOF",
+                "echo total: $(( @0 + 1 ))",
+                "echo \"total: $(( (@0) * 2 ))\"",
+                "echo `echo \"@0\"`",
+                "echo \"`echo '@0'`\"",
+                "X=\"${Y:-@0}\"; printf '%s' \"$X\"",
+                "X=${Y:-@0}; printf '%s' \"$X\"",
+                "case @0 in *) printf '%s' ok;; esac",
             ] {
                 match quote(template, &[&value]) {
                     Ok(script) => {
                         sh(&script);
                         assert!(!marker.exists(), "{template} with {value:?} ran code: {script:?}");
                     }
-                    // Refusing is fine too (a value that would end a here-document).
-                    Err(err) => assert!(err.contains("here-document"), "{err}"),
+                    // Refusing is fine too (a value that would end a here-document,
+                    // a value that cannot be data in arithmetic or backquotes).
+                    Err(err) => assert!(
+                        ["here-document", "whole number", "backquotes"].iter().any(|w| err.contains(w)),
+                        "{err}"
+                    ),
                 }
             }
         }
@@ -380,6 +440,17 @@ mod tests {
             assert_eq!(sh(&script).trim_end_matches('\n'), value, "{template}: {script}");
         }
         assert_eq!(quote("echo @0 @1", &["plain-1.txt", "two words"]).unwrap(), "echo plain-1.txt 'two words'");
+    }
+
+    #[test]
+    fn numbers_go_into_arithmetic_and_plain_values_into_backquotes() {
+        assert_eq!(sh(&quote("echo $(( @0 + 1 ))", &["41"]).unwrap()), "42\n");
+        assert_eq!(sh(&quote("echo $(( (@0) * $(( 2 )) ))", &["-3"]).unwrap()), "-6\n");
+        assert!(quote("echo $(( @0 + 1 ))", &["$(id)1"]).unwrap_err().contains("whole number"));
+        assert_eq!(sh(&quote("echo `echo @0`", &["plain-word"]).unwrap()), "plain-word\n");
+        assert!(quote("echo `echo \"@0\"`", &["$(id)"]).unwrap_err().contains("backquotes"));
+        // After the arithmetic, quoting goes on as before.
+        assert_eq!(sh(&quote("echo $(( 1 )) @0", &["a b"]).unwrap()), "1 a b\n");
     }
 
     #[test]

@@ -203,6 +203,35 @@ mod tests {
         assert!(render(json!(deep)).unwrap_err().message.contains("at most"));
     }
 
+    /// The worst templates the bounds let through parse and render on a
+    /// thread with the stack of a runtime worker (2 MiB), unoptimised.
+    #[test]
+    fn templates_within_the_bounds_fit_a_small_stack() {
+        use flywheel_model::template::{check_bounds, MAX_BRANCHES, MAX_NESTING, MAX_OPERATORS, MAX_UNARY};
+        let worst = [
+            format!("{{{{ {}1{} }}}}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING)),
+            format!("{{{{ {}1 }}}}", "- ".repeat(MAX_UNARY)),
+            format!("{{{{ {}x }}}}", "not ".repeat(MAX_UNARY)),
+            format!("{{{{ 1{} }}}}", "+1".repeat(MAX_OPERATORS)),
+            format!("{{{{ vars.n{} }}}}", "|abs".repeat(MAX_OPERATORS - 1)),
+            format!("{{{{ 1{} }}}}", " if vars.n else 1".repeat(MAX_OPERATORS / 3)),
+            format!("{}x{}", "{% if vars.n %}".repeat(MAX_NESTING), "{% endif %}".repeat(MAX_NESTING)),
+            format!("{{% if vars.n %}}{}{{% endif %}}", "{% elif vars.n %}".repeat(MAX_BRANCHES)),
+        ];
+        for template in worst {
+            assert!(check_bounds(&template).is_ok(), "within the bounds: {template}");
+            let rendered = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || {
+                    let _ = minijinja::Environment::new().template_from_str(&template).map(|_| ());
+                    render(json!(template)).map(|_| ())
+                })
+                .unwrap()
+                .join();
+            assert!(rendered.is_ok(), "the thread survived");
+        }
+    }
+
     #[test]
     fn shell_commands_quote_their_values() {
         let vars = Map::new();

@@ -20,6 +20,13 @@ pub const MAX_NESTING: usize = 32;
 /// Most unary operators (`-`, `not`) in one tag: each is a level of
 /// recursion in the parser.
 pub const MAX_UNARY: usize = 64;
+/// Most operators of any kind in one tag (`.`, `|`, `+`, `if`, `,`, …): a
+/// flat chain (`1+1+1…`, `a.b.b…`, `x|e|e…`, `1 if a else 1 if a else …`)
+/// is a tree as deep as it is long, and compiling or evaluating it recurses
+/// that deep.
+pub const MAX_OPERATORS: usize = 128;
+/// Most `elif` and `else` tags in one template: an `elif` chain nests too.
+pub const MAX_BRANCHES: usize = 64;
 
 /// Statements that open a block closed by an `end…` tag.
 const BLOCK_STATEMENTS: &[&str] = &["if", "for", "macro", "call", "filter", "with", "block", "autoescape", "raw"];
@@ -90,9 +97,9 @@ pub fn check_bounds(text: &str) -> Result<(), String> {
             MAX_TEMPLATE_BYTES / 1024
         ));
     }
-    let mut blocks = 0usize;
+    let (mut blocks, mut branches) = (0usize, 0usize);
     for tag in tags(text) {
-        let (depth, unary) = tag_nesting(tag);
+        let TagShape { depth, unary, operators } = tag_shape(tag);
         if depth > MAX_NESTING {
             return Err(format!("the template nests brackets {depth} deep; at most {MAX_NESTING} are allowed"));
         }
@@ -101,7 +108,20 @@ pub fn check_bounds(text: &str) -> Result<(), String> {
                 "a template tag holds {unary} '-' or 'not' operators; at most {MAX_UNARY} are allowed"
             ));
         }
+        if operators > MAX_OPERATORS {
+            return Err(format!(
+                "a template tag holds {operators} operators; at most {MAX_OPERATORS} are allowed (split it into steps)"
+            ));
+        }
         let keyword = tag.trim_start_matches(['-', '+', '~']).split_whitespace().next().unwrap_or("");
+        if keyword == "elif" || keyword == "else" {
+            branches += 1;
+            if branches > MAX_BRANCHES {
+                return Err(format!(
+                    "the template has more than {MAX_BRANCHES} elif and else tags; at most {MAX_BRANCHES} are allowed"
+                ));
+            }
+        }
         if BLOCK_STATEMENTS.contains(&keyword) {
             blocks += 1;
             if blocks > MAX_NESTING {
@@ -116,12 +136,24 @@ pub fn check_bounds(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The deepest bracket nesting in a tag and its number of unary-capable
-/// operators (every `-` and `not`: counting binary ones too errs on the
-/// safe side), outside string literals.
-fn tag_nesting(tag: &str) -> (usize, usize) {
+/// What makes a tag deep to parse.
+struct TagShape {
+    /// The deepest bracket nesting.
+    depth: usize,
+    /// Unary-capable operators: every `-` and `not` (counting binary ones
+    /// too errs on the safe side).
+    unary: usize,
+    /// Operators and separators of every kind.
+    operators: usize,
+}
+
+/// Keywords that join expressions.
+const KEYWORD_OPERATORS: &[&str] = &["if", "else", "and", "or", "not", "is", "in"];
+
+/// The shape of a tag, outside its string literals.
+fn tag_shape(tag: &str) -> TagShape {
     let bytes = tag.as_bytes();
-    let (mut depth, mut deepest, mut unary) = (0usize, 0usize, 0usize);
+    let (mut depth, mut deepest, mut unary, mut operators) = (0usize, 0usize, 0usize, 0usize);
     let mut quote: Option<u8> = None;
     let mut i = 0;
     while i < bytes.len() {
@@ -134,22 +166,33 @@ fn tag_nesting(tag: &str) -> (usize, usize) {
                 b'"' | b'\'' => quote = Some(b),
                 b'(' | b'[' | b'{' => {
                     depth += 1;
+                    operators += 1;
                     deepest = deepest.max(depth);
                 }
                 b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-                b'-' => unary += 1,
-                b'n' if tag[i..].starts_with("not")
-                    && (i == 0 || !is_ident(bytes[i - 1]))
-                    && !bytes.get(i + 3).copied().is_some_and(is_ident) =>
-                {
-                    unary += 1
+                b'-' => {
+                    unary += 1;
+                    operators += 1;
+                }
+                b'.' | b'|' | b'+' | b'*' | b'/' | b'%' | b'~' | b',' | b'=' | b'<' | b'>' | b'!' => operators += 1,
+                b if b.is_ascii_alphabetic() && (i == 0 || !is_ident(bytes[i - 1])) => {
+                    let end = bytes[i..].iter().position(|c| !is_ident(*c)).map_or(bytes.len(), |n| i + n);
+                    let word = &tag[i..end];
+                    if KEYWORD_OPERATORS.contains(&word) {
+                        operators += 1;
+                        if word == "not" {
+                            unary += 1;
+                        }
+                    }
+                    i = end;
+                    continue;
                 }
                 _ => {}
             },
         }
         i += 1;
     }
-    (deepest, unary)
+    TagShape { depth: deepest, unary, operators }
 }
 
 fn is_ident(b: u8) -> bool {
@@ -181,5 +224,19 @@ mod tests {
         assert!(check_bounds(&"-".repeat(1_000_000)).is_ok());
         assert!(check_bounds(&format!("{{{{ '{}' }}}}", "-".repeat(1000))).is_ok(), "inside a string literal");
         assert!(check_bounds("{{ nothing_here and notable }}").is_ok());
+        // Flat chains are as deep as they are long.
+        for chain in [
+            format!("{{{{ 1{} }}}}", "+1".repeat(200)),
+            format!("{{{{ a{} }}}}", ".b".repeat(200)),
+            format!("{{{{ a{} }}}}", "|e".repeat(200)),
+            format!("{{{{ 1{} }}}}", " if a else 1".repeat(100)),
+        ] {
+            assert!(check_bounds(&chain).unwrap_err().contains("operators"), "{chain}");
+        }
+        assert!(check_bounds(&format!("{{% if a %}}{}{{% endif %}}", "{% elif a %}".repeat(100))).is_err());
+        assert!(
+            check_bounds(&format!("{{{{ a{} }}}}", " ~ '.|+'".repeat(60))).is_ok(),
+            "operators in strings do not count"
+        );
     }
 }

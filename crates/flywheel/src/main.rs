@@ -56,6 +56,10 @@ enum Command {
         /// The job file.
         #[arg(long)]
         job: PathBuf,
+        /// UID:GID to become before anything else (when the sandbox starts
+        /// as root: nothing of a run may be uid 0 of the host).
+        #[arg(long, value_parser = parse_ids)]
+        run_as: Option<(u32, u32)>,
     },
     /// Create, list and inspect workflows.
     #[command(subcommand)]
@@ -234,7 +238,7 @@ fn main() -> ExitCode {
         restore_default_sigpipe();
     }
     match cli.command {
-        Command::Agent { job } => run_agent(&job),
+        Command::Agent { job, run_as } => run_agent(&job, run_as),
         Command::Serve(args) => serve::main(*args),
         Command::Worker(args) => worker::main(*args),
         Command::Workflows(cmd) => client::run(client::ClientCommand::Workflows(cmd)),
@@ -253,9 +257,34 @@ fn restore_default_sigpipe() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
+fn parse_ids(raw: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = raw.split_once(':').ok_or("expected UID:GID")?;
+    let id = |s: &str| s.parse::<u32>().map_err(|_| format!("{s:?} is not a number"));
+    Ok((id(uid)?, id(gid)?))
+}
+
+/// Becomes `uid:gid` with no supplementary groups; changing every user id
+/// away from 0 clears every capability too.
+fn become_user(uid: u32, gid: u32) -> Result<(), String> {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    setgid(Gid::from_raw(gid)).map_err(|e| format!("setgid: {e}"))?;
+    setuid(Uid::from_raw(uid)).map_err(|e| format!("setuid: {e}"))?;
+    if nix::unistd::geteuid().is_root() || nix::unistd::getuid().is_root() {
+        return Err("still root after setuid".into());
+    }
+    Ok(())
+}
+
 /// The agent runs on a single-threaded runtime: it starts faster and one
 /// execution needs no more.
-fn run_agent(job: &std::path::Path) -> ExitCode {
+fn run_agent(job: &std::path::Path, run_as: Option<(u32, u32)>) -> ExitCode {
+    if let Some((uid, gid)) = run_as {
+        if let Err(err) = become_user(uid, gid) {
+            eprintln!("flywheel agent: could not drop to {uid}:{gid}: {err}");
+            return ExitCode::from(71);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {

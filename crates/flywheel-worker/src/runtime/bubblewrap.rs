@@ -7,15 +7,23 @@
 //! disk limit's size); its own work dir at `/work` as the only writable
 //! place; its run dir (the worker's sockets) read-only at `/run/flywheel`;
 //! the flywheel binary read-only at `/opt/flywheel/flywheel`; a clean
-//! environment and no capabilities. The data dir, the database and the API
-//! keys are not there. It runs in a cgroup of its own with its memory,
+//! environment and no capabilities, as this process's user, or as `nobody`
+//! when this process is root: the agent then starts with only the
+//! capabilities to change its user, drops to `nobody` before it does
+//! anything else, and so has none (nothing in a sandbox is uid 0 of the
+//! host, which even without capabilities may write host-wide settings such
+//! as `/proc/sys/kernel/core_pattern`). The data dir, the database and the
+//! API keys are not there. It runs in a cgroup of its own with its memory,
 //! process and CPU limits (see [`super::cgroup`]), and no file it writes can
 //! grow past the disk limit (`RLIMIT_FSIZE`). `--die-with-parent` plus the
 //! PID namespace mean the whole process tree dies with the sandbox, and
 //! with the server if the server is killed.
 
 use super::cgroup::{Cgroups, ExecutionCgroup};
-use super::{Runtime, Sandbox, SandboxControl, SandboxError, SandboxLimits, SandboxNetwork, SandboxSpec};
+use super::{
+    chown_tree, sandbox_user, Runtime, Sandbox, SandboxControl, SandboxError, SandboxLimits, SandboxNetwork,
+    SandboxSpec,
+};
 use async_trait::async_trait;
 use flywheel_model::protocol::{SANDBOX_JOB_FILE, SANDBOX_RUN_DIR, SANDBOX_WORK_DIR};
 use nix::sys::signal::{killpg, Signal};
@@ -118,6 +126,10 @@ impl BubblewrapRuntime {
         if self.config.network != SandboxNetwork::Host {
             args.push("--unshare-net".into());
         }
+        if run_as().is_some() {
+            // Only for the agent to drop to `nobody` first thing.
+            args.extend(["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"].map(String::from));
+        }
         for (key, value) in super::sandbox_env(execution, egress_proxy) {
             args.extend(["--setenv".into(), key.into(), value]);
         }
@@ -137,17 +149,32 @@ impl BubblewrapRuntime {
         for file in LIVE_ETC_FILES {
             args.extend(["--ro-bind-try".into(), (*file).to_owned(), (*file).to_owned()]);
         }
+        // Directories bwrap makes for mount points are its user's alone
+        // (0700): the agent, as `nobody`, must be able to pass through them.
+        let mut made = std::collections::BTreeSet::new();
+        let mut open_parents = |args: &mut Vec<String>, dest: &Path| {
+            for parent in dest.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {
+                let path = parent.to_string_lossy().into_owned();
+                if path != "/" && !SYSTEM_DIRS.contains(&path.as_str()) && made.insert(path.clone()) {
+                    args.extend(["--perms".into(), "0755".into(), "--dir".into(), path]);
+                }
+            }
+        };
         for dir in &self.config.extra_ro_binds {
+            open_parents(&mut args, dir);
             let dir = dir.to_string_lossy().into_owned();
             args.extend(["--ro-bind-try".into(), dir.clone(), dir]);
         }
         // Fontconfig's cache, so the browser does not rebuild it every time.
+        open_parents(&mut args, Path::new("/var/cache/fontconfig"));
         args.extend(["--ro-bind-try".into(), "/var/cache/fontconfig".into(), "/var/cache/fontconfig".into()]);
+        open_parents(&mut args, Path::new(SANDBOX_RUN_DIR));
+        open_parents(&mut args, Path::new(SANDBOX_EXE));
         args.extend(["--proc", "/proc", "--dev", "/dev"].iter().map(|s| (*s).to_owned()));
         if self.config.limits.disk_bytes > 0 {
             args.extend(["--size".into(), self.config.limits.disk_bytes.to_string()]);
         }
-        args.extend(["--tmpfs".into(), "/tmp".into()]);
+        args.extend(["--perms".into(), "1777".into(), "--tmpfs".into(), "/tmp".into()]);
         // A data dir under a bound system directory must still be invisible.
         for hidden in &self.config.hidden_paths {
             if SYSTEM_DIRS.iter().any(|d| hidden.starts_with(d)) {
@@ -174,6 +201,40 @@ impl BubblewrapRuntime {
         args
     }
 
+    /// bwrap with `args`, started in a process of its own that, before it
+    /// runs bwrap, enters the cgroups of `procs`, limits its files to
+    /// `file_size` bytes, and closes every inherited descriptor at exec.
+    fn command(&self, args: &[String], procs: Vec<std::os::fd::RawFd>, file_size: u64) -> Command {
+        let mut command = Command::new(&self.config.bwrap);
+        command.args(args).env_clear().stdin(Stdio::null()).stdout(Stdio::null()).process_group(0);
+        // SAFETY: between fork and exec the child only makes system calls
+        // (close_range, write, setrlimit) on values prepared before the
+        // fork: nothing allocates or takes a lock.
+        unsafe {
+            command.pre_exec(move || {
+                let fail = || Err(std::io::Error::last_os_error());
+                // Nothing this process inherited reaches the sandbox: every
+                // descriptor past stdio closes at exec (the cgroup files are
+                // used before that).
+                nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC);
+                for fd in &procs {
+                    // "0" moves the writer itself into the cgroup.
+                    if nix::libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return fail();
+                    }
+                }
+                if file_size > 0 {
+                    let limit = nix::libc::rlimit { rlim_cur: file_size, rlim_max: file_size };
+                    if nix::libc::setrlimit(nix::libc::RLIMIT_FSIZE, &limit) != 0 {
+                        return fail();
+                    }
+                }
+                Ok(())
+            });
+        }
+        command
+    }
+
     fn spawn_error(&self, err: &std::io::Error) -> SandboxError {
         if err.kind() == std::io::ErrorKind::NotFound {
             SandboxError(format!(
@@ -186,6 +247,12 @@ impl BubblewrapRuntime {
             SandboxError(format!("could not start bubblewrap ({}): {err}", self.config.bwrap.display()))
         }
     }
+}
+
+/// The user the agent drops to, when this process is root.
+fn run_as() -> Option<(u32, u32)> {
+    let (uid, gid) = sandbox_user();
+    (uid != nix::unistd::getuid().as_raw()).then_some((uid, gid))
 }
 
 /// Copies [`ETC_FILES`] into `dir` (replacing what was there). Top-level
@@ -257,7 +324,7 @@ impl Runtime for BubblewrapRuntime {
         std::fs::create_dir_all(&dir).map_err(|e| SandboxError(format!("could not create {}: {e}", dir.display())))?;
         let mut args = self.sandbox_args(&dir, &dir, "probe", false);
         args.extend(["--".into(), "/bin/true".into()]);
-        let output = Command::new(&self.config.bwrap).args(&args).stdin(Stdio::null()).output().await;
+        let output = self.command(&args, Vec::new(), 0).output().await;
         let _ = std::fs::remove_dir_all(&dir);
         let output = output.map_err(|e| self.spawn_error(&e))?;
         if output.status.success() {
@@ -270,6 +337,9 @@ impl Runtime for BubblewrapRuntime {
     async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         let mut args = self.sandbox_args(&spec.work_dir, &spec.run_dir, &spec.execution.to_string(), spec.egress_proxy);
         args.extend(["--".into(), SANDBOX_EXE.into(), "agent".into(), "--job".into(), SANDBOX_JOB_FILE.into()]);
+        if let Some((uid, gid)) = run_as() {
+            args.extend(["--run-as".into(), format!("{uid}:{gid}")]);
+        }
         let cgroup =
             match &self.config.cgroups {
                 Some(cgroups) => Some(cgroups.create(spec.execution).map_err(|e| {
@@ -278,40 +348,17 @@ impl Runtime for BubblewrapRuntime {
                 None => None,
             };
         let procs = cgroup.as_ref().map(ExecutionCgroup::procs_fds).unwrap_or_default();
-        let file_size = self.config.limits.disk_bytes;
-        let mut command = Command::new(&self.config.bwrap);
-        command
-            .args(&args)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        // SAFETY: between fork and exec the child only makes system calls
-        // (write, setrlimit) on values prepared before the fork: nothing
-        // allocates or takes a lock.
-        unsafe {
-            command.pre_exec(move || {
-                // Nothing this process inherited reaches the sandbox: every
-                // descriptor past stdio closes at exec (the cgroup files are
-                // used before that).
-                nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC);
-                for fd in &procs {
-                    // "0" moves the writer itself into the cgroup.
-                    if nix::libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if file_size > 0 {
-                    let limit = nix::libc::rlimit { rlim_cur: file_size, rlim_max: file_size };
-                    if nix::libc::setrlimit(nix::libc::RLIMIT_FSIZE, &limit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
+        if let Some((uid, gid)) = run_as() {
+            let (work_dir, run_dir) = (spec.work_dir.clone(), spec.run_dir.clone());
+            tokio::task::spawn_blocking(move || {
+                chown_tree(&work_dir, uid, gid).and_then(|()| chown_tree(&run_dir, uid, gid))
+            })
+            .await
+            .map_err(|e| SandboxError(format!("could not hand the work dir to the sandbox's user: {e}")))?
+            .map_err(|e| SandboxError(format!("could not hand the work dir to the sandbox's user: {e}")))?;
         }
+        let mut command = self.command(&args, procs, self.config.limits.disk_bytes);
+        command.stderr(Stdio::piped()).kill_on_drop(true);
         // The bwrap process is spawned from a runtime worker thread, which
         // lives as long as the server: --die-with-parent ties the sandbox to
         // the server process, not to a short-lived thread.
@@ -442,10 +489,14 @@ mod tests {
         assert!(args
             .windows(3)
             .any(|w| w[0] == "--ro-bind" && w[1] == "/srv/data/sandboxes/abc.run" && w[2] == "/run/flywheel"));
+        let size = (1u64 << 30).to_string();
         assert!(args
-            .windows(4)
-            .any(|w| w[0] == "--size" && w[1] == (1u64 << 30).to_string() && w[2] == "--tmpfs" && w[3] == "/tmp"));
+            .windows(6)
+            .any(|w| w[..2] == ["--size", size.as_str()] && w[2..] == ["--perms", "1777", "--tmpfs", "/tmp"]));
         assert!(args.windows(3).any(|w| w[0] == "--setenv" && w[1] == "HTTPS_PROXY"), "tools use the egress proxy");
+        for dir in ["/run", "/opt", "/opt/flywheel", "/var", "/var/cache"] {
+            assert!(args.windows(4).any(|w| w == ["--perms", "0755", "--dir", dir]), "{dir} can be passed through");
+        }
         for flag in [
             "--unshare-pid",
             "--unshare-ipc",

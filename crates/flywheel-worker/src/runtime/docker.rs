@@ -16,7 +16,10 @@
 //! its deployment whose execution is no longer running, whichever node
 //! started it, and never touches another deployment's containers.
 
-use super::{Runtime, Sandbox, SandboxControl, SandboxError, SandboxLimits, SandboxNetwork, SandboxSpec};
+use super::{
+    chown_tree, sandbox_user, Runtime, Sandbox, SandboxControl, SandboxError, SandboxLimits, SandboxNetwork,
+    SandboxSpec,
+};
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -96,7 +99,7 @@ impl DockerRuntime {
             super::sandbox_env(&execution, spec.egress_proxy).iter().map(|(k, v)| format!("{k}={v}")).collect();
         let limits = self.config.limits;
         let tmpfs_size = if limits.disk_bytes > 0 { limits.disk_bytes as i64 } else { 512 << 20 }.max(16 << 20);
-        let (uid, gid) = container_user();
+        let (uid, gid) = sandbox_user();
         let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
         let network_mode = match self.config.network {
             SandboxNetwork::Host => self.config.host_network.clone(),
@@ -203,7 +206,7 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         let name = Self::container_name(spec.execution);
-        let (uid, gid) = container_user();
+        let (uid, gid) = sandbox_user();
         let (work_dir, run_dir) = (spec.work_dir.clone(), spec.run_dir.clone());
         tokio::task::spawn_blocking(move || {
             chown_tree(&work_dir, uid, gid).and_then(|()| chown_tree(&run_dir, uid, gid))
@@ -297,34 +300,6 @@ impl Runtime for DockerRuntime {
             code => format!("the container exited ({code:?}) before the agent started: {tail}"),
         }
     }
-}
-
-/// The user execution containers run as: this process's own, unless it is
-/// root, when they run as `nobody` (65534) so that nothing in a container
-/// is uid 0 of the host.
-fn container_user() -> (u32, u32) {
-    const NOBODY: u32 = 65534;
-    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
-    if uid == 0 {
-        (NOBODY, NOBODY)
-    } else {
-        (uid, gid)
-    }
-}
-
-/// Gives `dir` and everything in it to `uid:gid` (when it is not theirs yet).
-fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(dir)?;
-    if meta.uid() != uid || meta.gid() != gid {
-        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
-    }
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(dir)? {
-            chown_tree(&entry?.path(), uid, gid)?;
-        }
-    }
-    Ok(())
 }
 
 struct DockerControl {

@@ -79,6 +79,36 @@ pub fn sandbox_env(execution: &str, egress_proxy: bool) -> Vec<(&'static str, St
     env
 }
 
+/// The user a sandbox runs as: this process's own, unless it is root, when
+/// sandboxes run as `nobody` (65534), so that nothing in a sandbox is uid 0
+/// of the host (root, even without capabilities, may write host-wide
+/// settings such as `/proc/sys/kernel/core_pattern`).
+pub fn sandbox_user() -> (u32, u32) {
+    const NOBODY: u32 = 65534;
+    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+    if uid == 0 {
+        (NOBODY, NOBODY)
+    } else {
+        (uid, gid)
+    }
+}
+
+/// Gives `dir` and everything in it to `uid:gid` (when it is not theirs
+/// yet), without following links.
+pub fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.uid() != uid || meta.gid() != gid {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
 /// A sandbox could not be created. The message says what to install or
 /// enable; it becomes the execution's `sandbox_error`.
 #[derive(Debug, Clone)]
