@@ -20,6 +20,8 @@ environment:
                    cases; `random` for new ones)
     FUZZ_OUT       where the server's data and log and the JUnit report go
                    (default: a new temporary directory, kept on failure)
+    FUZZ_DATABASE_URL  a PostgreSQL database to use instead of SQLite
+                   (it should be empty: the fuzzer writes and deletes there)
 
 Exits with schemathesis's status: 0 only if every check passed.
 
@@ -105,6 +107,10 @@ def start_server(binary: str, out: str, key: str) -> subprocess.Popen:
         binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(out, "data"),
         "--load-examples", "--no-workers", "--shutdown-grace", "1",
     ]  # fmt: skip
+    database = os.environ.get("FUZZ_DATABASE_URL")
+    if database:
+        # An API-only node on PostgreSQL names where the artifacts are.
+        command += ["--database-url", database, "--artifacts", os.path.join(out, "artifacts")]
     with open(os.path.join(out, "server.out"), "wb") as stdout, open(os.path.join(out, "server.err"), "wb") as stderr:
         return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
 

@@ -15,7 +15,7 @@ use flywheel_model::field_error::LocSegment;
 use flywheel_model::FieldError;
 use flywheel_store::StoreError;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -105,6 +105,10 @@ pub struct MaybeJson<T>(pub Option<T>);
 
 /// Parses a JSON body, reporting problems with their location under `body`.
 pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if let Some(value) = without_nul(bytes) {
+        return serde_path_to_error::deserialize(value)
+            .map_err(|err| ApiError::Validation(vec![FieldError::from_serde_path(err).prefixed(&["body".into()])]));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|err| {
         let is_syntax = err.inner().is_syntax() || err.inner().is_eof();
@@ -116,6 +120,35 @@ pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError>
         };
         ApiError::Validation(vec![field])
     })
+}
+
+/// A body whose strings or keys hold NUL characters (`\u0000`), with each
+/// one replaced by U+FFFD; `None` for the usual body without any.
+/// PostgreSQL cannot store NUL in text, so every backend gets the same
+/// replacement (as log lines do) rather than one failing: the document
+/// says any string is accepted, and it is.
+fn without_nul(bytes: &[u8]) -> Option<Value> {
+    fn replace(value: &mut Value) {
+        match value {
+            Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{FFFD}"),
+            Value::Array(items) => items.iter_mut().for_each(replace),
+            Value::Object(map) => {
+                let entries = std::mem::take(map);
+                for (key, mut item) in entries {
+                    replace(&mut item);
+                    map.insert(key.replace('\0', "\u{FFFD}"), item);
+                }
+            }
+            _ => {}
+        }
+    }
+    // The escape is the only way JSON carries a NUL; most bodies have none.
+    if !bytes.windows(6).any(|w| w == b"\\u0000") {
+        return None;
+    }
+    let mut value: Value = serde_json::from_slice(bytes).ok()?;
+    replace(&mut value);
+    Some(value)
 }
 
 async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {

@@ -25,7 +25,7 @@ use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Flywheel", description = "Run AI computer-use agents as workflows: define a workflow, execute it with an input payload, watch it run in a sandbox, read its logs, output and artifacts.\n\nErrors have FastAPI's shape: `{\"detail\": \"message\"}`, and for a 422 `{\"detail\": [{\"loc\", \"msg\", \"type\"}]}`."),
+    info(title = "Flywheel", description = "Run AI computer-use agents as workflows: define a workflow, execute it with an input payload, watch it run in a sandbox, read its logs, output and artifacts.\n\nErrors have FastAPI's shape: `{\"detail\": \"message\"}`, and for a 422 `{\"detail\": [{\"loc\", \"msg\", \"type\"}]}`.\n\nA NUL character (`\\u0000`) in the text of a request body is kept as U+FFFD: PostgreSQL cannot store NUL, and every backend does the same."),
     paths(
         workflows::create_workflow, workflows::list_workflows, workflows::get_workflow, workflows::update_workflow,
         workflows::delete_workflow, workflows::list_versions, workflows::get_version,

@@ -219,6 +219,17 @@ async fn error_bodies_have_the_documented_shape() {
 }
 
 #[test]
+fn nul_characters_in_a_body_become_replacement_characters() {
+    let parsed: Value = flywheel_server::error::parse_json_body(br#"{"a": [1, "x\u0000"], "k\u0000": 2}"#).unwrap();
+    assert_eq!(parsed, json!({"a": [1, "x\u{FFFD}"], "k\u{FFFD}": 2}));
+    let escaped: Value = flywheel_server::error::parse_json_body(br#"{"a": "\\u0000"}"#).unwrap();
+    assert_eq!(escaped["a"], "\\u0000", "a backslash, then u0000, is no NUL");
+    let error = flywheel_server::error::parse_json_body::<Vec<u8>>(br#"["\u0000"]"#).unwrap_err();
+    let ApiError::Validation(fields) = error else { panic!("a 422") };
+    assert_eq!(serde_json::to_value(&fields[0]).unwrap()["loc"], json!(["body", 0]), "located as usual");
+}
+
+#[test]
 fn the_status_filter_lists_every_status() {
     let documented = &document()["components"]["schemas"]["ExecutionStatus"]["enum"];
     let all: Vec<&str> = flywheel_model::ExecutionStatus::ALL.iter().map(|s| s.as_str()).collect();

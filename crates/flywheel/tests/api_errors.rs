@@ -153,6 +153,15 @@ async fn invalid_bodies_are_422_in_fastapi_shape_and_change_nothing() {
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {b}");
         assert_eq!(b["detail"][0]["loc"][0], "query");
     }
+    // Ids that cannot exist are 404s, NUL and all.
+    for path in
+        ["/api/workflows/a%00b", "/api/workflows/Not%20A%20Slug/versions", "/api/executions?workflow_uuid=a%00b"]
+    {
+        let (s, b) = server.request(Method::GET, path, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {b}");
+    }
+    let (s, b) = server.request(Method::DELETE, "/api/secrets/a%00b", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
     // An unknown workflow to filter by is a 404, as on /api/workflows/{id}.
     let (s, b) = server.request(Method::GET, "/api/executions?workflow_uuid=xyz", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
@@ -162,6 +171,24 @@ async fn invalid_bodies_are_422_in_fastapi_shape_and_change_nothing() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{cursor:?}: {b}");
         assert_detail_string(&b);
     }
+}
+
+#[tokio::test]
+async fn nul_characters_are_kept_as_replacement_characters_on_every_backend() {
+    let server = Server::start(&[]).await;
+    let wf = server
+        .post(
+            "/api/workflows",
+            json!({"name": "Nul\u{0}name", "description": "\u{0}", "specification": {"prompt": "a\u{0}b", "x\u{0}": 1}}),
+        )
+        .await;
+    assert_eq!(wf["name"], "Nul\u{FFFD}name", "{wf}");
+    assert_eq!(wf["specification"]["prompt"], "a\u{FFFD}b", "{wf}");
+    let (s, b) = server
+        .request(Method::POST, "/api/workflows/nul-name/execute", Some(json!({"inputPayload": {"k": "\u{0}"}})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert_eq!(b["input_payload"], json!({"k": "\u{FFFD}"}));
 }
 
 #[tokio::test]
@@ -265,7 +292,7 @@ async fn stop_and_retry_refuse_what_the_state_machine_forbids() {
     server.wait_terminal(&id(&e), Duration::from_secs(20)).await;
     let (s, b) = server.request(Method::POST, &format!("/api/executions/{}/stop", id(&e)), None).await;
     assert_eq!(s, StatusCode::CONFLICT, "{b}");
-    assert!(b["detail"].as_str().unwrap().contains("completed"));
+    assert!(b["detail"].as_str().unwrap().contains("completed"), "{b}");
     assert_eq!(server.execution(&id(&e)).await["status"], "completed", "a terminal status is never overwritten");
 
     let (s, retry) = server.request(Method::POST, &format!("/api/executions/{}/retry", id(&e)), None).await;

@@ -79,7 +79,7 @@ pub async fn queue_execution(
     field: &str,
     version: Option<VersionRef>,
 ) -> ApiResult<ExecutionRecord> {
-    let workflow = app.store.get_workflow(workflow).await?;
+    let workflow = super::find_workflow(app, workflow).await?;
     let (version_uuid, spec_value) = match version {
         None => (workflow.current_version_uuid, workflow.specification),
         Some(v) => {
@@ -204,7 +204,7 @@ pub async fn list_executions(
     // An unknown workflow is a 404, as on /api/workflows/{id}.
     let workflow_uuid = match query.get("workflow_uuid") {
         None => None,
-        Some(id) => Some(app.store.get_workflow(id).await?.uuid),
+        Some(id) => Some(super::find_workflow(&app, id).await?.uuid),
     };
     let filter = ExecutionFilter { created_after, workflow_uuid, status };
     let paged = app.store.list_executions(filter, page).await?;

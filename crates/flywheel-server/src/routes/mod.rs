@@ -9,7 +9,8 @@ pub mod system;
 pub mod workflows;
 
 use crate::error::ApiError;
-use flywheel_store::records::Page;
+use crate::App;
+use flywheel_store::records::{Page, WorkflowRecord};
 use std::collections::HashMap;
 use std::str::FromStr;
 use uuid::Uuid;
@@ -59,6 +60,19 @@ pub fn page(query: &QueryMap, default: i64, max: i64) -> Result<Page, ApiError> 
 /// Schema's `format: uuid` means); the uuid crate also reads other forms.
 pub fn is_hyphenated_uuid(s: &str) -> bool {
     s.len() == 36 && Uuid::try_parse(s).is_ok()
+}
+
+/// A workflow by uuid or slug (`{id}` and `?workflow_uuid=`). Anything
+/// shaped like neither cannot exist, so it is a 404 without asking the
+/// store (as the document's `pattern` for these says).
+pub async fn find_workflow(app: &App, id: &str) -> Result<WorkflowRecord, ApiError> {
+    let slug_shaped = (1..=100).contains(&id.len())
+        && !id.starts_with('-')
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !slug_shaped && Uuid::parse_str(id).is_err() {
+        return Err(ApiError::not_found("workflow"));
+    }
+    Ok(app.store.get_workflow(id).await?)
 }
 
 /// An execution id from the path; anything that is not a uuid cannot exist.

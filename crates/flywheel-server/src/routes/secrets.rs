@@ -84,6 +84,10 @@ pub async fn list_secrets(State(app): State<Arc<App>>) -> ApiResult<Json<SecretL
     params(("name" = String, Path, pattern = "^[A-Za-z_][A-Za-z0-9_]{0,63}$", description = "secret name")),
     responses((status = 204, description = "deleted"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such secret")))]
 pub async fn delete_secret(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    if !valid_secret_name(&name) {
+        // No secret can have such a name.
+        return Err(ApiError::not_found("secret"));
+    }
     app.store.delete_secret(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -297,7 +297,7 @@ pub async fn create(app: &App, body: CreateWorkflow) -> ApiResult<(WorkflowRecor
 /// Validates and applies an edit; a changed specification publishes a
 /// new version. Returns the workflow with the warnings.
 pub async fn update(app: &App, id: &str, body: UpdateWorkflow) -> ApiResult<(WorkflowRecord, Vec<String>)> {
-    let current = app.store.get_workflow(id).await?;
+    let current = super::find_workflow(app, id).await?;
     let name = body.name.as_deref().map(validate_name).transpose()?;
     let slug = body.slug.as_deref().map(validate_slug).transpose()?;
     let parsed =
@@ -316,7 +316,7 @@ pub async fn update(app: &App, id: &str, body: UpdateWorkflow) -> ApiResult<(Wor
 /// Stops a workflow's active executions, then deletes it with its
 /// versions, executions and artifacts.
 pub async fn delete(app: &App, id: &str) -> ApiResult<()> {
-    let workflow = app.store.get_workflow(id).await?;
+    let workflow = super::find_workflow(app, id).await?;
     // Stop first, so no sandbox outlives its records.
     for execution in app.store.active_executions_of(workflow.uuid).await? {
         let error = ExecutionError::new(ErrorCode::Stopped, "the workflow was deleted");
@@ -355,7 +355,7 @@ pub async fn list_workflows(
     params(("id" = String, Path, pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9][a-z0-9-]{0,99})$", description = "workflow uuid or slug")),
     responses((status = 200, body = Workflow, description = "with its versions"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such workflow")))]
 pub async fn get_workflow(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Workflow>> {
-    let record = app.store.get_workflow(&id).await?;
+    let record = super::find_workflow(&app, &id).await?;
     let versions = app.store.list_versions(record.uuid).await?;
     let mut view = Workflow::from_record(record);
     view.versions = Some(versions.into_iter().map(WorkflowVersion::from).collect());
@@ -390,7 +390,7 @@ pub async fn delete_workflow(State(app): State<Arc<App>>, Path(id): Path<String>
     params(("id" = String, Path, pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9][a-z0-9-]{0,99})$", description = "workflow uuid or slug")),
     responses((status = 200, body = VersionList, description = "oldest first"), (status = 401, body = ErrorBody, description = "no valid API key"), (status = 404, body = ErrorBody, description = "no such workflow")))]
 pub async fn list_versions(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<VersionList>> {
-    let workflow = app.store.get_workflow(&id).await?;
+    let workflow = super::find_workflow(&app, &id).await?;
     let versions = app.store.list_versions(workflow.uuid).await?;
     Ok(Json(VersionList { items: versions.into_iter().map(WorkflowVersion::from).collect() }))
 }
@@ -402,7 +402,7 @@ pub async fn get_version(
     State(app): State<Arc<App>>,
     Path((id, version)): Path<(String, String)>,
 ) -> ApiResult<Json<WorkflowVersion>> {
-    let workflow = app.store.get_workflow(&id).await?;
+    let workflow = super::find_workflow(&app, &id).await?;
     let version = parse_version_ref(&Value::String(version)).ok_or_else(|| ApiError::not_found("workflow version"))?;
     Ok(Json(app.store.get_version(workflow.uuid, version).await?.into()))
 }

@@ -330,6 +330,11 @@ impl Store for PostgresStore {
     }
 
     async fn get_workflow(&self, id_or_slug: &str) -> StoreResult<WorkflowRecord> {
+        if id_or_slug.contains('\0') {
+            // PostgreSQL text cannot hold NUL, so no slug has one (and the
+            // query would fail).
+            return Err(StoreError::NotFound("workflow"));
+        }
         let row = match Uuid::parse_str(id_or_slug) {
             Ok(uuid) => {
                 sqlx::query(&format!("{WORKFLOW_SELECT} WHERE w.uuid = $1"))
@@ -631,6 +636,9 @@ impl Store for PostgresStore {
     }
 
     async fn delete_secret(&self, name: &str) -> StoreResult<()> {
+        if name.contains('\0') {
+            return Err(StoreError::NotFound("secret"));
+        }
         let done = sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&self.pool).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("secret"));
