@@ -25,6 +25,7 @@ S3S_FS_VERSION := 0.14.1
 SCHEMATHESIS_VERSION := 4.32.5
 FUZZ_VENV := $(TARGET_DIR)/fuzz-venv
 FUZZ_EXAMPLES ?= 100
+FUZZ_BACKEND ?= sqlite
 
 .PHONY: run build test lint fuzz bench deps test-deps fuzz-deps bench-deps docker-image clean
 
@@ -67,19 +68,23 @@ run: build
 	$(TARGET_DIR)/release/flywheel serve --listen $(LISTEN) --data-dir $(DATA_DIR) --load-examples --show-key
 
 # Every test, then the end-to-end suite again on PostgreSQL (a throwaway
-# server), then the fuzz pass. The multi-node cluster_ tests use PostgreSQL
-# either way, so they run in the first pass only.
+# server), then the fuzz pass on each. The multi-node cluster_ tests use
+# PostgreSQL either way, so they run in the first pass only.
 test: test-deps
 	$(CARGO) test --workspace --locked
 	FLYWHEEL_TEST_BACKEND=postgres $(CARGO) test --locked -p flywheel --tests -- --skip cluster_
-	$(MAKE) --no-print-directory fuzz
+	$(MAKE) --no-print-directory fuzz FUZZ_BACKEND=sqlite
+	$(MAKE) --no-print-directory fuzz FUZZ_BACKEND=postgres
 
 # schemathesis against a throwaway server's own OpenAPI document, every
 # check: no 5xx, and the server keeps the contract the document states
 # (scripts/fuzz.py says how). The debug build is the one the tests built.
+# FUZZ_BACKEND=postgres runs it on a throwaway PostgreSQL server (needs the
+# postgresql package, as make test-deps installs).
 fuzz: fuzz-deps
 	$(CARGO) build --locked -p flywheel
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(FUZZ_VENV)/bin/python scripts/fuzz.py $(TARGET_DIR)/debug/flywheel
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_BACKEND=$(FUZZ_BACKEND) \
+	  $(FUZZ_VENV)/bin/python scripts/fuzz.py $(TARGET_DIR)/debug/flywheel
 
 lint:
 	$(CARGO) fmt --all --check

@@ -20,8 +20,11 @@ environment:
                    cases; `random` for new ones)
     FUZZ_OUT       where the server's data and log and the JUnit report go
                    (default: a new temporary directory, kept on failure)
-    FUZZ_DATABASE_URL  a PostgreSQL database to use instead of SQLite
-                   (it should be empty: the fuzzer writes and deletes there)
+    FUZZ_BACKEND   `sqlite` (default) or `postgres`: a throwaway PostgreSQL
+                   server of its own (initdb and postgres from
+                   /usr/lib/postgresql, as the cargo tests start one), where
+                   text cannot hold what SQLite's can
+    FUZZ_DATABASE_URL  an (empty) PostgreSQL database to use instead
 
 Exits with schemathesis's status: 0 only if every check passed.
 
@@ -34,11 +37,13 @@ made (through the API, as a client would); the streams then end, and
 `stop` and `retry` meet executions in every state they can have here.
 """
 
+import glob
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +59,9 @@ def main() -> int:
         print("usage: python scripts/fuzz.py BINARY", file=sys.stderr)
         return 2
     binary = os.path.abspath(sys.argv[1])
+    if not os.access(binary, os.X_OK):
+        print(f"fuzz: {binary} is not a program; build it first (make fuzz does)", file=sys.stderr)
+        return 2
     schemathesis = os.path.join(os.path.dirname(sys.executable), "schemathesis")
     if not os.access(schemathesis, os.X_OK):
         schemathesis = shutil.which("schemathesis") or "schemathesis"
@@ -63,9 +71,14 @@ def main() -> int:
     os.makedirs(out, exist_ok=True)
     key = "fw_fuzz_" + secrets.token_hex(16)
 
-    server = start_server(binary, out, key)
+    postgres = None
+    if not os.environ.get("FUZZ_DATABASE_URL") and os.environ.get("FUZZ_BACKEND", "sqlite") == "postgres":
+        postgres = Postgres()
+    database = os.environ.get("FUZZ_DATABASE_URL") or (postgres.url if postgres else None)
+    server = None
     status = 1
     try:
+        server = start_server(binary, out, key, database)
         url = wait_for_url(server, out)
         stop = threading.Event()
         reaper = threading.Thread(target=reap, args=(url, key, stop), daemon=True)
@@ -89,7 +102,10 @@ def main() -> int:
         reaper.join(timeout=5)
         print(f"fuzz: schemathesis exited {status} after {time.monotonic() - started:.0f} s")
     finally:
-        stop_server(server)
+        if server:
+            stop_server(server)
+        if postgres:
+            postgres.stop()
     if server.returncode not in (0, None, -signal.SIGTERM):
         print(f"fuzz: the server exited {server.returncode}; its log is {out}/server.err", file=sys.stderr)
         status = status or 1
@@ -100,14 +116,13 @@ def main() -> int:
     return status
 
 
-def start_server(binary: str, out: str, key: str) -> subprocess.Popen:
+def start_server(binary: str, out: str, key: str, database: str | None) -> subprocess.Popen:
     env = dict(os.environ, FLYWHEEL_API_KEY=key, FLYWHEEL_LOG=os.environ.get("FLYWHEEL_LOG", "warn"))
     env.pop("DATABASE_URL", None)
     command = [
         binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(out, "data"),
         "--load-examples", "--no-workers", "--shutdown-grace", "1",
     ]  # fmt: skip
-    database = os.environ.get("FUZZ_DATABASE_URL")
     if database:
         # An API-only node on PostgreSQL names where the artifacts are.
         command += ["--database-url", database, "--artifacts", os.path.join(out, "artifacts")]
@@ -153,6 +168,49 @@ def call(method: str, url: str, headers: dict) -> dict:
         if err.code in (404, 409):  # deleted or ended meanwhile
             return {}
         raise
+
+
+class Postgres:
+    """A throwaway PostgreSQL server: initdb into a temp dir, then postgres
+    listening only on a unix socket there, fsync off (the data is thrown
+    away). As root it runs as the `postgres` user (PostgreSQL refuses root)."""
+
+    def __init__(self) -> None:
+        versions = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+        if not versions:
+            raise SystemExit("fuzz: FUZZ_BACKEND=postgres needs initdb and postgres: apt install postgresql")
+        self.bin = os.path.dirname(max(versions, key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0))
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.dir = tempfile.mkdtemp(prefix="flywheel-fuzz-pg.")
+        if self.user:
+            shutil.chown(self.dir, self.user, self.user)
+        self.data = os.path.join(self.dir, "data")
+        self.run("initdb", "--auth=trust", "--username=postgres", "--encoding=UTF8", "--locale=C", "--no-sync",
+                 "-D", self.data)  # fmt: skip
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses= -c fsync=off -c synchronous_commit=off -c max_connections=200"
+        self.run("pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.dir, "log"), "-w", "start")
+        self.run("createdb", "-h", self.dir, "-p", str(self.port), "-U", "postgres", "flywheel")
+        self.url = f"postgres://postgres@localhost:{self.port}/flywheel?host={self.dir}"
+
+    def run(self, program: str, *args: str) -> None:
+        done = subprocess.run(
+            [os.path.join(self.bin, program), *args],
+            cwd=self.dir, user=self.user, capture_output=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            self.stop()
+            raise SystemExit(f"fuzz: {program} failed: {done.stderr.decode(errors='replace')}")
+
+    def stop(self) -> None:
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            subprocess.run(
+                [os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-m", "immediate", "-w", "stop"],
+                cwd=self.dir, user=self.user, capture_output=True, check=False,
+            )  # fmt: skip
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def stop_server(server: subprocess.Popen) -> None:
