@@ -97,7 +97,9 @@ def main() -> int:
             command += ["--seed", seed]
         started = time.monotonic()
         # In `out`, so schemathesis's cache of past failures is this run's own.
-        status = subprocess.run(command, cwd=out, check=False).returncode
+        hooks = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_hooks.py")
+        env = dict(os.environ, SCHEMATHESIS_HOOKS=hooks)
+        status = subprocess.run(command, cwd=out, env=env, check=False).returncode
         stop.set()
         reaper.join(timeout=5)
         print(f"fuzz: schemathesis exited {status} after {time.monotonic() - started:.0f} s")
