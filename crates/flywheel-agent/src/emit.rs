@@ -25,12 +25,14 @@ impl Emitter {
     /// Writes one event as a line. A closed channel means the worker is
     /// gone; there is nobody left to tell, so the error is ignored.
     pub fn send(&self, event: &AgentEvent) {
+        // Masked before it is cut, so a cut cannot leave part of a secret.
         // Model requests are bounded by the transport (and not copied here).
         let bounded;
         let event = if matches!(event, AgentEvent::ModelRequest { .. }) {
             event
         } else {
-            bounded = event.clone().bounded();
+            let redactor = &self.redactor;
+            bounded = event.clone().map_text(|t| redactor.redact(&t), |v| redactor.redact_value(v)).bounded();
             &bounded
         };
         let Ok(mut line) = serde_json::to_string(event) else { return };
@@ -52,6 +54,12 @@ impl Emitter {
     /// Masks every secret value in `text`.
     pub fn redact(&self, text: &str) -> String {
         self.redactor.redact(text)
+    }
+
+    /// A masker for a stream of text (a step's output), so that text can be
+    /// cut after it is masked.
+    pub fn stream_redactor(&self) -> flywheel_model::redact::StreamRedactor {
+        self.redactor.stream()
     }
 
     /// Masks secrets inside every string of a JSON value.

@@ -200,6 +200,34 @@ pub enum AgentEvent {
 }
 
 impl AgentEvent {
+    /// The event with `text` applied to every text it carries for people
+    /// (messages, labels, outcomes, values), not to its tags and names.
+    pub fn map_text(self, text: impl Fn(String) -> String, value: impl Fn(Value) -> Value) -> AgentEvent {
+        match self {
+            AgentEvent::StepStarted { index, kind, label } => {
+                AgentEvent::StepStarted { index, kind, label: text(label) }
+            }
+            AgentEvent::StepFinished { index, ok, duration_ms, error } => {
+                AgentEvent::StepFinished { index, ok, duration_ms, error: error.map(text) }
+            }
+            AgentEvent::Log { level, message, step } => AgentEvent::Log { level, message: text(message), step },
+            AgentEvent::Action { step, action, target, outcome, duration_ms, reasoning } => AgentEvent::Action {
+                step,
+                action,
+                target: target.map(value),
+                outcome: text(outcome),
+                duration_ms,
+                reasoning: reasoning.map(&text),
+            },
+            AgentEvent::AgentTurn { step, turn, text: said, actions } => {
+                AgentEvent::AgentTurn { step, turn, text: said.map(text), actions }
+            }
+            AgentEvent::Output { name, value: v } => AgentEvent::Output { name, value: value(v) },
+            AgentEvent::Error { code, message, step } => AgentEvent::Error { code, message: text(message), step },
+            other => other,
+        }
+    }
+
     /// The event with every text cut to [`MAX_EVENT_TEXT`] and an output
     /// value larger than [`MAX_OUTPUT_VALUE`] replaced by its beginning.
     pub fn bounded(self) -> AgentEvent {

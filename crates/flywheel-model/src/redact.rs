@@ -4,10 +4,12 @@
 //!
 //! A secret that spans several lines (a PEM key, say) is masked whole, and
 //! each of its lines on its own too: a step that prints it line by line
-//! produces one log entry per line, and none of them may show it. Files are
-//! masked as a stream ([`StreamRedactor`]), a chunk at a time, so a secret
-//! that straddles two chunks is still masked and a large file is never held
-//! in memory.
+//! produces one log entry per line, and none of them may show it. A secret
+//! is also masked in the forms a careless step puts it in: trimmed of
+//! surrounding blanks, escaped inside a JSON string, percent-encoded in a
+//! URL. Files are masked as a stream ([`StreamRedactor`]), a chunk at a
+//! time, so a secret that straddles two chunks is still masked and a large
+//! file is never held in memory.
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use serde_json::Value;
@@ -22,53 +24,72 @@ const MIN_LINE_SECRET: usize = 4;
 /// Masks a fixed set of secret values.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
-    /// Finds the secrets (and the lines of multi-line ones), leftmost-longest.
-    raw: Option<AhoCorasick>,
-    /// The same, plus their forms inside a JSON string (escaped).
-    json: Option<AhoCorasick>,
-    /// Length of the longest pattern of `raw`, in bytes.
+    /// Finds every form of every secret, leftmost-longest.
+    forms: Option<AhoCorasick>,
+    /// Length of the longest form, in bytes.
     longest: usize,
+}
+
+/// The forms a secret is masked in.
+fn forms_of(secret: &str) -> Vec<String> {
+    let mut parts = vec![secret.to_owned()];
+    let trimmed = secret.trim();
+    if trimmed.len() >= MIN_LINE_SECRET {
+        parts.push(trimmed.to_owned());
+    }
+    if secret.contains(['\n', '\r']) {
+        parts.extend(secret.lines().map(str::trim).filter(|l| l.len() >= MIN_LINE_SECRET).map(str::to_owned));
+    }
+    let mut forms = Vec::new();
+    for part in parts {
+        // Inside a JSON string, as it is and with \uXXXX for what is not ASCII.
+        let json = serde_json::to_string(&part).unwrap_or_default().trim_matches('"').to_owned();
+        let mut ascii = String::with_capacity(json.len());
+        for c in json.chars() {
+            if c.is_ascii() {
+                ascii.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    ascii.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+        forms.push(ascii);
+        forms.push(json);
+        // In a URL: form-encoded (spaces as +) and percent-encoded (%20).
+        let encoded: String = url::form_urlencoded::byte_serialize(part.as_bytes()).collect();
+        forms.push(encoded.replace('+', "%20"));
+        forms.push(encoded);
+        forms.push(part);
+    }
+    forms
 }
 
 impl Redactor {
     pub fn new(secrets: impl IntoIterator<Item = String>) -> Redactor {
-        let mut patterns: Vec<String> = Vec::new();
-        for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
-            if secret.contains(['\n', '\r']) {
-                patterns
-                    .extend(secret.lines().map(str::trim).filter(|l| l.len() >= MIN_LINE_SECRET).map(str::to_owned));
-            }
-            patterns.push(secret);
-        }
+        let mut patterns: Vec<String> = secrets
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .flat_map(|s| forms_of(&s))
+            .filter(|f| !f.is_empty())
+            .collect();
         patterns.sort();
         patterns.dedup();
         if patterns.is_empty() {
             return Redactor::default();
         }
-        let mut json_patterns = patterns.clone();
-        json_patterns.extend(
-            patterns
-                .iter()
-                .map(|s| serde_json::to_string(s).unwrap_or_default().trim_matches('"').to_owned())
-                .filter(|e| !e.is_empty()),
-        );
-        json_patterns.sort();
-        json_patterns.dedup();
-        let build = |p: &[String]| AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(p).ok();
-        Redactor {
-            longest: patterns.iter().map(String::len).max().unwrap_or(0),
-            raw: build(&patterns),
-            json: build(&json_patterns),
-        }
+        let forms = AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&patterns).ok();
+        Redactor { longest: patterns.iter().map(String::len).max().unwrap_or(0), forms }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.raw.is_none()
+        self.forms.is_none()
     }
 
     /// Masks every secret in `text`.
     pub fn redact(&self, text: &str) -> String {
-        match &self.raw {
+        match &self.forms {
             Some(ac) if ac.is_match(text) => mask_all(ac, text),
             _ => text.to_owned(),
         }
@@ -89,12 +110,10 @@ impl Redactor {
         }
     }
 
-    /// Masks secrets in serialized JSON, in their raw and JSON-escaped forms.
+    /// Masks secrets in serialized JSON (their JSON-escaped forms are
+    /// among those [`Redactor::redact`] masks).
     pub fn redact_json_text(&self, text: &str) -> String {
-        match &self.json {
-            Some(ac) if ac.is_match(text) => mask_all(ac, text),
-            _ => text.to_owned(),
-        }
+        self.redact(text)
     }
 
     /// Masks a stream of bytes (a file), a chunk at a time.
@@ -128,7 +147,7 @@ pub struct StreamRedactor {
 impl StreamRedactor {
     /// Takes the next chunk; returns the bytes that are final (masked).
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        let Some(ac) = &self.redactor.raw else { return chunk.to_vec() };
+        let Some(ac) = &self.redactor.forms else { return chunk.to_vec() };
         self.carry.extend_from_slice(chunk);
         let held = self.redactor.longest.saturating_sub(1);
         if self.carry.len() <= held {
@@ -155,7 +174,7 @@ impl StreamRedactor {
     /// The rest, at the end of the stream.
     pub fn finish(&mut self) -> Vec<u8> {
         let rest = std::mem::take(&mut self.carry);
-        let Some(ac) = &self.redactor.raw else { return rest };
+        let Some(ac) = &self.redactor.forms else { return rest };
         let mut out = Vec::with_capacity(rest.len());
         let mut last = 0;
         for found in ac.find_iter(&rest) {
@@ -224,5 +243,15 @@ mod tests {
         assert_eq!(r.redact("ab cd"), "ab cd", "lines too short to be secret on their own stay");
         let escaped = serde_json::to_string(&pem).unwrap();
         assert_eq!(r.redact_json_text(&escaped), "\"***\"");
+    }
+
+    #[test]
+    fn the_forms_a_careless_step_prints_are_masked() {
+        let r = Redactor::new(["sup\"er secret w\u{f6}rd".to_owned(), " padded-9 ".to_owned()]);
+        assert_eq!(r.redact("{\"key\":\"sup\\\"er secret w\u{f6}rd\"}"), r#"{"key":"***"}"#, "escaped in JSON text");
+        assert_eq!(r.redact("?k=sup%22er%20secret%20w%C3%B6rd&x"), "?k=***&x", "percent-encoded");
+        assert_eq!(r.redact("?k=sup%22er+secret+w%C3%B6rd&x"), "?k=***&x", "form-encoded");
+        assert_eq!(r.redact("out: padded-9"), "out: ***", "trimmed");
+        assert_eq!(r.redact(r#""sup\"er secret w\u00f6rd""#), r#""***""#, "escaped as ASCII JSON");
     }
 }

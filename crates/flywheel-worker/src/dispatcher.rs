@@ -91,11 +91,13 @@ impl Dispatcher {
         signals: Signals,
         config: WorkerConfig,
     ) -> Dispatcher {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("flywheel/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        Dispatcher { deps: Arc::new(RunDeps { store, http, secrets, artifacts, runtime, signals, config }) }
+        let http = crate::models::http_client(false);
+        // Model calls to a base URL a workflow named (not the operator's)
+        // reach public addresses only, unless private ones are allowed.
+        let workflow_http = crate::models::http_client(!config.sandbox.allow_private);
+        Dispatcher {
+            deps: Arc::new(RunDeps { store, http, workflow_http, secrets, artifacts, runtime, signals, config }),
+        }
     }
 
     /// Cleans up after a previous process: fails (or retries) executions it

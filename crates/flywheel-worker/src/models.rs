@@ -64,6 +64,49 @@ pub struct ResolvedModel {
     pub model: String,
     pub base_url: String,
     pub api_key: Option<String>,
+    /// The base URL is the workflow's own, not one the operator configured:
+    /// it is called like any address a run names (public addresses only).
+    pub workflow_url: bool,
+}
+
+/// The HTTP client of model calls: no redirects (a model API answers, it
+/// does not send the worker elsewhere), and with `public_only`, names that
+/// resolve to private, loopback or link-local addresses are not reached.
+pub fn http_client(public_only: bool) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("flywheel/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none());
+    if public_only {
+        builder = builder.dns_resolver(std::sync::Arc::new(PublicOnly));
+    }
+    builder.build().unwrap_or_default()
+}
+
+/// Resolves names to their public addresses only.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<std::net::SocketAddr> =
+                found.into_iter().filter(|a| crate::egress::is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(format!(
+                    "{host} resolves to no public address (start the server with --sandbox-allow-private to reach private ones)"
+                )
+                .into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether `url` names a non-public IP address literally.
+fn names_private_ip(url: &str) -> bool {
+    let host = url::Url::parse(url).ok().and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()));
+    host.and_then(|h| h.parse::<std::net::IpAddr>().ok()).is_some_and(|ip| !crate::egress::is_public(ip))
 }
 
 impl ModelSettings {
@@ -110,7 +153,7 @@ impl ModelSettings {
         if api_key.is_none() && own_url && provider != "openai-compatible" {
             return Err(format!("{env}_API_KEY is not set on the server, so {provider} models cannot be used"));
         }
-        Ok(ResolvedModel { provider, model, base_url, api_key })
+        Ok(ResolvedModel { provider, model, base_url, api_key, workflow_url: !own_url })
     }
 }
 
@@ -160,6 +203,7 @@ pub async fn call(
     model: &ResolvedModel,
     redactor: &Redactor,
     request: &ModelRequest,
+    public_only: bool,
 ) -> (WorkerMessage, Usage) {
     let ModelRequest { id, provider, path, headers, body } = request;
     let (id, provider, path) = (*id, provider.as_str(), path.as_str());
@@ -169,6 +213,12 @@ pub async fn call(
     }
     if !allowed_path(provider, path) {
         return refuse(format!("{path} is not an API path Flywheel calls {provider} on"));
+    }
+    if model.workflow_url && public_only && names_private_ip(&model.base_url) {
+        return refuse(format!(
+            "{} is a private, loopback or link-local address (start the server with --sandbox-allow-private to reach it)",
+            model.base_url
+        ));
     }
     let mut request = http.post(format!("{}{path}", model.base_url)).timeout(CALL_TIMEOUT).json(body);
     for (name, value) in headers {
@@ -243,6 +293,9 @@ mod tests {
         };
         let attacker = settings.resolve(Some(&elsewhere("http://attacker.example")), None).unwrap();
         assert_eq!(attacker.api_key, None, "no key for a URL the operator did not configure");
+        assert!(attacker.workflow_url);
+        assert!(names_private_ip("http://169.254.169.254/latest") && names_private_ip("http://[::1]:8080"));
+        assert!(!names_private_ip("https://api.example.com") && !names_private_ip("http://1.1.1.1"));
         let own = settings.resolve(Some(&elsewhere("https://api.anthropic.com/")), None).unwrap();
         assert_eq!(own.api_key.as_deref(), Some("server-key"), "the configured URL, spelt the workflow's way");
         let brought =

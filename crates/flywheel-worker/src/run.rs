@@ -62,8 +62,12 @@ const MODEL_CALLS_PER_TURN: u32 = 3;
 /// Everything a run needs, shared by all runs of a dispatcher.
 pub(crate) struct RunDeps {
     pub store: Arc<dyn Store>,
-    /// For model calls on the agent's behalf.
+    /// For model calls on the agent's behalf, to the base URLs the operator
+    /// configured.
     pub http: reqwest::Client,
+    /// For model calls to a base URL a workflow named: public addresses
+    /// only (unless the server allows private ones), no redirects.
+    pub workflow_http: reqwest::Client,
     pub secrets: Arc<SecretCipher>,
     pub artifacts: Arc<dyn ArtifactStore>,
     pub runtime: Arc<dyn Runtime>,
@@ -624,8 +628,12 @@ impl Run<'_> {
         for request in std::mem::take(&mut self.state.model_requests) {
             let within_budget = self.model_calls_left > 0;
             self.model_calls_left = self.model_calls_left.saturating_sub(1);
-            let (http, model, redactor, done) =
-                (self.deps.http.clone(), self.model.clone(), self.redactor.clone(), done.clone());
+            let http = match &self.model {
+                Some(model) if model.workflow_url => self.deps.workflow_http.clone(),
+                _ => self.deps.http.clone(),
+            };
+            let (model, redactor, done) = (self.model.clone(), self.redactor.clone(), done.clone());
+            let allow_private = self.deps.config.sandbox.allow_private;
             tokio::spawn(async move {
                 let started = std::time::Instant::now();
                 let (message, usage) = match &model {
@@ -636,7 +644,7 @@ impl Run<'_> {
                         },
                         models::Usage::default(),
                     ),
-                    Some(model) => models::call(&http, model, &redactor, &request).await,
+                    Some(model) => models::call(&http, model, &redactor, &request, !allow_private).await,
                     None => (
                         WorkerMessage::ModelError {
                             id: request.id,
@@ -669,7 +677,16 @@ impl Run<'_> {
             Some(_) => None,
         };
         match event {
-            Some(event) => self.state.apply(event.bounded(), progress),
+            Some(event) => {
+                // Masked before it is cut, so a cut cannot leave part of a secret.
+                let redactor = &self.redactor;
+                let event = if redactor.is_empty() {
+                    event
+                } else {
+                    event.map_text(|t| redactor.redact(&t), |v| redactor.redact_value(v))
+                };
+                self.state.apply(event.bounded(), progress)
+            }
             None => {
                 let mut text = flywheel_model::protocol::cut_text(line.text, 1024);
                 if let Some(len) = line.cut_from {
@@ -745,13 +762,17 @@ impl Run<'_> {
         self.entries_stored += progress.entries.len();
     }
 
+    /// Masks secrets in the entries, then cuts each to size (in that order:
+    /// a cut must not leave the beginning of a secret behind).
     fn redact(&self, progress: &mut Progress) {
-        if self.redactor.is_empty() {
-            return;
-        }
+        use flywheel_model::protocol::{bounded_value, cut_text, MAX_EVENT_TEXT};
         for entry in &mut progress.entries {
-            entry.message = self.redactor.redact(&entry.message);
-            entry.data = entry.data.take().map(|d| self.redactor.redact_value(d));
+            if !self.redactor.is_empty() {
+                entry.message = self.redactor.redact(&entry.message);
+                entry.data = entry.data.take().map(|d| self.redactor.redact_value(d));
+            }
+            entry.message = cut_text(std::mem::take(&mut entry.message), MAX_EVENT_TEXT);
+            entry.data = entry.data.take().map(|d| bounded_value(d, 4 * MAX_EVENT_TEXT));
         }
     }
 
@@ -939,11 +960,33 @@ impl Run<'_> {
     /// The whole log as JSON lines.
     async fn store_log_artifact(&self) -> anyhow::Result<()> {
         let execution = self.lease.execution;
-        let text = render_full_log(self.deps.store.as_ref(), execution).await?;
-        let size = text.len() as u64;
-        self.deps.artifacts.put_bytes(execution, LOGS_ARTIFACT, Bytes::from(text)).await?;
+        let pages = full_log_stream(self.deps.store.clone(), execution);
+        let reader: ArtifactReader = Box::new(tokio_util::io::StreamReader::new(pages));
+        let size = self.deps.artifacts.put_reader(execution, LOGS_ARTIFACT, reader).await?;
         self.index_artifact(LOGS_ARTIFACT, "logs", size).await
     }
+}
+
+/// An execution's whole log as JSON lines, oldest first, a page at a time
+/// (a long log is never whole in memory): the `logs.jsonl` artifact.
+pub fn full_log_stream(
+    store: Arc<dyn Store>,
+    execution: uuid::Uuid,
+) -> futures::stream::BoxStream<'static, std::io::Result<Bytes>> {
+    futures::stream::try_unfold((store, 0i64, false), move |(store, after, done)| async move {
+        if done {
+            return Ok(None);
+        }
+        let page = store.list_logs(execution, after, 500).await.map_err(std::io::Error::other)?;
+        let Some(last) = page.last().map(|e| e.seq) else { return Ok(None) };
+        let mut text = String::new();
+        for entry in &page {
+            text.push_str(&log_line(entry).to_string());
+            text.push('\n');
+        }
+        Ok(Some((Bytes::from(text), (store, last, page.len() < 500))))
+    })
+    .boxed()
 }
 
 /// An execution's whole log as JSON lines, oldest first: the `logs.jsonl`

@@ -8,6 +8,13 @@ use flywheel_store::records::Progress;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
+/// Most bytes the output of an execution holds (names and values, as JSON).
+pub const MAX_OUTPUT: usize = 1024 * 1024;
+/// Most named values in an output.
+pub const MAX_OUTPUT_NAMES: usize = 1000;
+/// How much of an output value its log entry shows.
+const OUTPUT_PREVIEW: usize = 4096;
+
 /// What the worker learned from the agent so far.
 #[derive(Debug, Default)]
 pub struct RunState {
@@ -100,9 +107,24 @@ impl RunState {
                 self.model_requests.push(crate::models::ModelRequest { id, provider, path, headers, body });
             }
             AgentEvent::Output { name, value } => {
+                // The whole output stays within MAX_OUTPUT: past it, a value
+                // is replaced by a note of its size (the log says so too).
+                let size = value.to_string().len();
+                let others: usize =
+                    self.output.iter().filter(|(k, _)| **k != name).map(|(k, v)| k.len() + v.to_string().len()).sum();
+                let (value, message) = if others + name.len() + size > MAX_OUTPUT
+                    || self.output.len() >= MAX_OUTPUT_NAMES && !self.output.contains_key(&name)
+                {
+                    let note = format!("[not kept: the output may hold at most {} KiB and {MAX_OUTPUT_NAMES} names; this value is {size} bytes]", MAX_OUTPUT / 1024);
+                    (Value::String(note), format!("output {name} set, but too large to keep"))
+                } else {
+                    (value, format!("output {name} set"))
+                };
+                // The log shows the beginning of the value; the output has it whole.
+                let preview = flywheel_model::protocol::bounded_value(value.clone(), OUTPUT_PREVIEW);
                 progress.entries.push(
-                    NewLogEntry::new(LogKind::Output, LogLevel::Info, format!("output {name} set"))
-                        .with_data(json!({"name": name, "value": value})),
+                    NewLogEntry::new(LogKind::Output, LogLevel::Info, message)
+                        .with_data(json!({"name": name, "value": preview})),
                 );
                 self.output.insert(name, value);
             }
@@ -186,6 +208,20 @@ mod tests {
         assert_eq!((progress.add_steps, progress.add_agent_actions), (1, 1));
         assert_eq!(state.output.get("x"), Some(&json!(1)));
         assert_eq!(state.outcome(Some(0), String::new, "").unwrap().code, ErrorCode::AgentError, "no finished event");
+        // The output keeps within its size; a value past it is noted, not kept.
+        let big = json!("x".repeat(600 * 1024));
+        state.apply(AgentEvent::Output { name: "a".into(), value: big.clone() }, &mut progress);
+        state.apply(AgentEvent::Output { name: "b".into(), value: big.clone() }, &mut progress);
+        assert_eq!(state.output["a"], big);
+        assert!(state.output["b"].as_str().unwrap().starts_with("[not kept"));
+        state.apply(AgentEvent::Output { name: "a".into(), value: json!(2) }, &mut progress);
+        assert_eq!(state.output["a"], json!(2), "replacing a value frees its room");
+        let logged = progress
+            .entries
+            .iter()
+            .filter(|e| e.kind == LogKind::Output)
+            .map(|e| e.data.as_ref().unwrap().to_string().len());
+        assert!(logged.max().unwrap() < 8192, "log entries show a preview");
         state.apply(AgentEvent::Finished { ok: true }, &mut progress);
         assert!(state.outcome(Some(0), String::new, "").is_none());
 

@@ -137,7 +137,10 @@ for fd in /proc/[0-9]*/fd/*; do
 done
 opened=0
 for fd in /proc/2/fd/*; do if ( : < "$fd" ) 2>/dev/null || ( : > "$fd" ) 2>/dev/null; then opened=1; fi; done
-[ "$(cat /proc/2/cmdline | tr '\0' ' ')" = "/opt/flywheel/flywheel agent --job /work/job.json " ] && echo "pid 2: the agent"
+case "$(cat /proc/2/cmdline | tr '\0' ' ')" in "/opt/flywheel/flywheel agent --job /work/job.json"*) echo "pid 2: the agent";; esac
+[ "$(id -u)" != 0 ] && echo "uid: not root"
+pattern=$(cat /proc/sys/kernel/core_pattern)
+( printf '%s' "$pattern" > /proc/sys/kernel/core_pattern ) 2>/dev/null && echo "sysctl: written" || echo "sysctl: refused"
 [ $opened = 0 ] && echo "agent fds: out of reach" || echo "agent fds: opened"
 cat /proc/2/environ >/dev/null 2>&1 && echo "agent environ: readable" || echo "agent environ: hidden"
 for s in /run/flywheel/agent.sock; do
@@ -150,6 +153,8 @@ done
     assert_eq!(e["status"], "completed", "{e:#}");
     let report = e["output"]["report"].as_str().unwrap();
     assert!(report.contains("pid 2: the agent"), "{report}");
+    assert!(report.contains("uid: not root"), "nothing in a sandbox is root of the host: {report}");
+    assert!(report.contains("sysctl: refused"), "host-wide settings stay out of reach: {report}");
     assert!(report.contains("agent fds: out of reach"), "{report}");
     assert!(report.contains("agent environ: hidden"), "{report}");
     assert!(report.contains("second connection: refused"), "{report}");
@@ -214,6 +219,49 @@ async fn the_servers_provider_key_goes_only_to_the_servers_url() {
 }
 
 #[tokio::test]
+async fn a_workflows_model_url_reaches_no_private_address_and_follows_no_redirect() {
+    let page = agent_page().await;
+    // Without --sandbox-allow-private, a base URL on this machine is refused
+    // by the worker as it would be by the egress proxy.
+    let internal = FakeProvider::start("/v1/messages", vec![FakeReply::Ok(json!({"content": []}))]).await;
+    let server = Server::start_strict(&[], &[("ANTHROPIC_API_KEY", "sk-server-key")]).await;
+    server
+        .workflow(
+            "Inside",
+            json!({"url_allowlist": [page], "start_url": page, "prompt": "Do it",
+                   "agent": {"provider": "anthropic", "base_url": internal.url}}),
+        )
+        .await;
+    let run = id(&server.execute("inside", json!({})).await);
+    let e = server.wait_terminal(&run, Duration::from_secs(60)).await;
+    assert_eq!(e["status"], "failed", "{e:#}");
+    assert!(e.to_string().contains("--sandbox-allow-private"), "{e:#}");
+    assert!(internal.requests().is_empty(), "the worker reached a private address for the workflow");
+    // Where private addresses are allowed, a redirect still goes nowhere.
+    let (elsewhere, hits) = counting_listener().await;
+    let redirecting = FakeProvider::start(
+        "/v1/messages",
+        vec![FakeReply::Status(
+            303,
+            json!({}),
+            vec![("location", Box::leak(format!("http://{elsewhere}/latest/meta-data").into_boxed_str()))],
+        )],
+    )
+    .await;
+    let server = Server::start_with_env(&[], &[("ANTHROPIC_API_KEY", "sk-server-key")]).await;
+    server
+        .workflow(
+            "Redirected",
+            json!({"start_url": page, "prompt": "Do it", "agent": {"provider": "anthropic", "base_url": redirecting.url}}),
+        )
+        .await;
+    let run = id(&server.execute("redirected", json!({})).await);
+    server.wait_terminal(&run, Duration::from_secs(60)).await;
+    assert!(!redirecting.requests().is_empty());
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the redirect was followed");
+}
+
+#[tokio::test]
 async fn deep_templates_are_refused_and_the_server_stays_up() {
     let server = Server::start(&[]).await;
     let attacks = [
@@ -222,6 +270,11 @@ async fn deep_templates_are_refused_and_the_server_stays_up() {
         format!("{{{{ {}x }}}}", "not ".repeat(5_000)),
         "{% if x %}".repeat(5_000),
         format!("{{{{ {}1{} }}}}", "[".repeat(5_000), "]".repeat(5_000)),
+        format!("{{{{ 1{} }}}}", " if a else 1".repeat(10_000)),
+        format!("{{% if a %}}{}{{% endif %}}", "{% elif a %}".repeat(10_000)),
+        format!("{{{{ 1{} }}}}", "+1".repeat(15_000)),
+        format!("{{{{ a{} }}}}", ".b".repeat(30_000)),
+        format!("{{{{ a{} }}}}", "|e".repeat(30_000)),
     ];
     for (n, attack) in attacks.iter().enumerate() {
         for specification in [
@@ -252,6 +305,18 @@ async fn deep_templates_are_refused_and_the_server_stays_up() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(response.text().await.unwrap().contains("at most"));
+    // YAML nested deep costs the editor no CPU to speak of: it is refused first.
+    let started = std::time::Instant::now();
+    let yaml = format!("steps: {}{}", "[".repeat(150_000), "]".repeat(150_000));
+    let response = client
+        .post(format!("{}/workflows", server.url))
+        .form(&[("csrf", csrf.as_str()), ("name", "Deep YAML"), ("specification", yaml.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(response.text().await.unwrap().contains("nest more than"));
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     let (status, _) = server.request(Method::GET, "/api/health", None).await;
     assert_eq!(status, StatusCode::OK, "the server is still up");
 }
@@ -354,6 +419,44 @@ async fn multi_line_secrets_are_masked_whole_and_line_by_line() {
         assert!(!server.database_contains(line).await, "{line:?} is in the database");
     }
     assert_eq!(e["output"]["line"], "***");
+}
+
+#[tokio::test]
+async fn secrets_stay_masked_across_cuts_and_in_the_forms_careless_steps_print() {
+    let server = Server::start(&[]).await;
+    let fixture = Fixture::start().await;
+    let secrets = [("T", "tok_live_9f8e7d6c5b4a321"), ("Q", "sup\"er secret w\u{f6}rd"), ("P", " padded-secret-77 ")];
+    for (name, value) in secrets {
+        server.request(Method::PUT, &format!("/api/secrets/{name}"), Some(json!({"value": value}))).await;
+    }
+    server
+        .workflow(
+            "Careless",
+            json!({"steps": [
+                // A line cut right in the middle of the secret.
+                {"shell": "printf '%s %s\\n' \"{{ input.note }}\" \"{{ secrets.T }}\""},
+                {"shell": {"command": "printf '%s' \"{{ input.note }} {{ secrets.T }}\"", "name": "long"}},
+                // JSON that holds the secret, a URL that holds it, a padded one.
+                {"shell": "printf '{\"k\": %s}\\n' \"$(printf '%s' \"$Q\" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')\"", "env": {"Q": "{{ secrets.Q }}"}},
+                {"http": {"url": format!("{}/next?key={{{{ secrets.Q }}}}", fixture.url)}},
+                {"shell": {"command": "printf '%s' \"$P\"", "env": {"P": "{{ secrets.P }}"}, "name": "padded"}},
+            ]}),
+        )
+        .await;
+    let cut_at = 16 * 1024 - 256;
+    let note = "n".repeat(cut_at - 12);
+    let run = id(&server.execute("careless", json!({"note": note})).await);
+    let e = server.wait_terminal(&run, Duration::from_secs(60)).await;
+    assert_eq!(e["status"], "completed", "{e:#}");
+    let (e, files) = everything_of(&server, &run).await;
+    let text = e.to_string();
+    let log =
+        files.iter().find(|(n, _)| n == "logs.jsonl").map(|(_, b)| String::from_utf8_lossy(b).into_owned()).unwrap();
+    for piece in ["tok_live_9f8e7d", "er secret w", "er%20secret", "er+secret", "padded-secret"] {
+        assert!(!text.contains(piece), "{piece:?} shows in the execution");
+        assert!(!log.contains(piece), "{piece:?} shows in logs.jsonl");
+    }
+    assert!(text.contains("line cut"), "the long line was cut");
 }
 
 #[tokio::test]

@@ -191,13 +191,11 @@ async fn hostile_steps_in_a_container_get_nothing_out() {
     let server = strict_docker_server(&["--sandbox-pids", "64", "--sandbox-disk", "64m"]).await;
     let port = server.url.rsplit(':').next().unwrap().to_owned();
     let host_secret = std::fs::read(server.data_dir.join("secrets.key")).unwrap();
-    let attack = format!(
-        r#"
+    let attack = r#"
 ln -s /etc/passwd artifacts/passwd; ln -s ../../secrets.key artifacts/key; mkfifo artifacts/fifo
-for fd in /proc/[0-9]*/fd/*; do printf '%s\n' '{{"type":"output","name":"forged","value":1}}' > "$fd" 2>/dev/null; done
+for fd in /proc/[0-9]*/fd/*; do printf '%s\n' '{"type":"output","name":"forged","value":1}' > "$fd" 2>/dev/null; done
 mv /work/artifacts /work/x; ln -s /etc /work/artifacts
-"#
-    );
+"#;
     // The server's own API, through the only way out there is.
     let api = json!({"http": {"url": format!("http://127.0.0.1:{port}/api/health")}, "continue_on_error": true});
     server.workflow("Hostile", json!({"steps": [api, {"shell": attack}]})).await;

@@ -89,7 +89,8 @@ pub async fn run(ctx: &mut RunContext, index: u32, step: &ShellStep) -> anyhow::
 /// Forwards lines from a pipe as log lines, keeping the text in `capture`.
 /// A line is read up to [`MAX_LINE`] bytes; the rest of a longer one is
 /// skipped (and said to be), so a step that prints a line without end
-/// cannot make the agent hold it.
+/// cannot make the agent hold it. Secrets are masked as the bytes come, so
+/// a cut never leaves part of one behind.
 async fn pump(
     pipe: impl AsyncRead + Unpin,
     emitter: crate::emit::Emitter,
@@ -98,22 +99,27 @@ async fn pump(
     capture: Option<Arc<Mutex<String>>>,
 ) {
     let mut reader = BufReader::new(pipe);
+    let mut masker = emitter.stream_redactor();
     let mut line = Vec::new();
     let mut line_len = 0usize;
     let mut lines = 0usize;
+    let keep = |line: &mut Vec<u8>, masked: Vec<u8>| {
+        if let Some(Ok(mut captured)) = capture.as_ref().map(|c| c.lock()) {
+            let room = MAX_CAPTURE.saturating_sub(captured.len());
+            captured.push_str(&String::from_utf8_lossy(&masked[..masked.len().min(room)]));
+        }
+        let room = MAX_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&masked[..masked.len().min(room)]);
+    };
     loop {
         let (ended, used) = match reader.fill_buf().await {
             Ok([]) | Err(_) => (line_len > 0, 0),
             Ok(buf) => {
                 let newline = buf.iter().position(|b| *b == b'\n');
                 let used = newline.map_or(buf.len(), |at| at + 1);
-                let room = MAX_LINE.saturating_sub(line.len());
-                line.extend_from_slice(&buf[..used.min(room)]);
+                let masked = masker.push(&buf[..used]);
+                keep(&mut line, masked);
                 line_len += used;
-                if let Some(Ok(mut captured)) = capture.as_ref().map(|c| c.lock()) {
-                    let room = MAX_CAPTURE.saturating_sub(captured.len());
-                    captured.push_str(&String::from_utf8_lossy(&buf[..used.min(room)]));
-                }
                 (newline.is_some(), used)
             }
         };
@@ -124,6 +130,8 @@ async fn pump(
         if !ended {
             continue;
         }
+        let rest = masker.finish();
+        keep(&mut line, rest);
         lines += 1;
         if lines <= MAX_LOG_LINES {
             let mut text = String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_owned();

@@ -232,8 +232,47 @@ pub async fn new_workflow(SignedIn(session): SignedIn) -> Response {
 }
 
 /// The editor's text as a specification (YAML, which includes JSON).
-fn parse_spec_text(text: &str) -> Result<Value, Vec<String>> {
-    serde_yaml_ng::from_str::<Value>(text).map_err(|e| vec![format!("specification: not valid YAML or JSON: {e}")])
+/// Longest specification the editor takes, in bytes.
+const MAX_SPEC_TEXT: usize = 1024 * 1024;
+/// Deepest `[`/`{` nesting the editor's YAML may have: the YAML scanner
+/// takes time quadratic in it (30,000 levels: seconds of CPU).
+const MAX_FLOW_NESTING: usize = 64;
+
+/// Parses the editor's YAML (or JSON) off the async runtime, after cheap
+/// checks that keep a hostile text from costing minutes of CPU.
+async fn parse_spec_text(text: &str) -> Result<Value, Vec<String>> {
+    if text.len() > MAX_SPEC_TEXT {
+        return Err(vec![format!(
+            "specification: {} KiB is too long; at most {} KiB",
+            text.len() / 1024,
+            MAX_SPEC_TEXT / 1024
+        )]);
+    }
+    if flow_nesting(text) > MAX_FLOW_NESTING {
+        return Err(vec![format!("specification: brackets nest more than {MAX_FLOW_NESTING} deep")]);
+    }
+    let text = text.to_owned();
+    let parsed = tokio::task::spawn_blocking(move || serde_yaml_ng::from_str::<Value>(&text))
+        .await
+        .map_err(|_| vec!["specification: could not be read".to_owned()])?;
+    parsed.map_err(|e| vec![format!("specification: not valid YAML or JSON: {e}")])
+}
+
+/// The deepest nesting of `[` and `{`, counted everywhere (in quotes and
+/// comments too: an upper bound that no quote can hide brackets from).
+fn flow_nesting(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for c in text.chars() {
+        match c {
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn editor_form(form: &FormMap) -> EditorForm {
@@ -265,7 +304,7 @@ pub async fn create_workflow(
             context! { form => &fields, errors => errors },
         )
     };
-    let spec = match parse_spec_text(&fields.specification) {
+    let spec = match parse_spec_text(&fields.specification).await {
         Ok(spec) => spec,
         Err(errors) => return again(errors),
     };
@@ -366,7 +405,7 @@ pub async fn update_workflow(
             context! { form => &fields, workflow => &current, errors => errors },
         )
     };
-    let spec = match parse_spec_text(&fields.specification) {
+    let spec = match parse_spec_text(&fields.specification).await {
         Ok(spec) => spec,
         Err(errors) => return again(errors),
     };
