@@ -208,8 +208,14 @@ pub async fn run_job(
             return ok;
         }
     }
-    let ok = run_steps(&mut ctx, &parsed.spec, &raw_steps).await;
+    let mut ok = run_steps(&mut ctx, &parsed.spec, &raw_steps).await;
     close_browser(&mut ctx).await;
+    // A step that filled /tmp and went on as if nothing happened still hit
+    // a limit of the sandbox.
+    if let Some(limit) = full_tmp().filter(|_| ok) {
+        ctx.emitter.send(&AgentEvent::Error { code: ErrorCode::SandboxError, message: limit, step: None });
+        ok = false;
+    }
     ctx.emitter.send(&AgentEvent::Finished { ok });
     ok
 }

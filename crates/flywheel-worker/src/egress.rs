@@ -143,8 +143,24 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
+            let segments = v6.segments();
+            // 6to4 carries an IPv4 address: it is what it carries.
+            if segments[0] == 0x2002 {
+                let v4 = std::net::Ipv4Addr::new(
+                    (segments[1] >> 8) as u8,
+                    segments[1] as u8,
+                    (segments[2] >> 8) as u8,
+                    segments[2] as u8,
+                );
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = segments[0];
+            // The deprecated IPv4-compatible ::a.b.c.d and Teredo 2001::/32.
+            let ipv4_compatible = segments[..6].iter().all(|s| *s == 0);
+            let teredo = first == 0x2001 && segments[1] == 0;
+            !(ipv4_compatible
+                || teredo
+                || v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
@@ -360,7 +376,7 @@ mod tests {
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["1.1.1.1", "93.184.216.34", "2606:4700:4700::1111"] {
+        for public in ["1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2002:101:101::1"] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }

@@ -459,7 +459,9 @@ impl Run<'_> {
         let mut heartbeat = tokio::time::interval(self.deps.config.lease / 3);
         heartbeat.tick().await;
         let mut stderr_open = true;
-        let mut disk = Box::pin(crate::disk_quota::watch(self.work_dir.clone(), self.deps.config.sandbox.disk_bytes));
+        let processes = control.process_lister();
+        let mut disk =
+            Box::pin(crate::disk_quota::watch(self.work_dir.clone(), self.deps.config.sandbox.disk_bytes, processes));
         let mut limit_hit: Option<String> = None;
 
         let end = loop {
@@ -527,7 +529,10 @@ impl Run<'_> {
                         while let Some(line) = next.take() {
                             let text = diagnostic_text(line);
                             push_tail(&mut stderr_tail, &text);
-                            entries.push(NewLogEntry::new(LogKind::Log, LogLevel::Warn, text));
+                            // Untrusted text (any process of the sandbox may
+                            // write there): marked as the sandbox's, never
+                            // taken for the worker's own lines.
+                            entries.push(NewLogEntry::new(LogKind::Log, LogLevel::Warn, format!("sandbox: {text}")));
                             if let Some(Ok(Some(more))) = stderr.next_line().now_or_never() {
                                 next = Some(more);
                             }
@@ -572,7 +577,8 @@ impl Run<'_> {
         }
         if limit_hit.is_none() && matches!(end, End::AgentDone | End::Timeout) {
             // A step stopped at the limit may end the run before the next measure.
-            limit_hit = crate::disk_quota::check(self.work_dir.clone(), self.deps.config.sandbox.disk_bytes).await;
+            limit_hit =
+                crate::disk_quota::check(self.work_dir.clone(), self.deps.config.sandbox.disk_bytes, Vec::new()).await;
         }
         // Storing the video and the files, then the result, can take longer
         // than a lease (a large upload to a bucket): keep the lease alive

@@ -469,6 +469,8 @@ async fn limits_stop_a_sandbox_and_name_what_it_hit() {
         ("memory", "python3 -c \"b = b'x' * (600 * 1024 * 1024)\"", "memory"),
         ("disk", "head -c 100m /dev/zero > /work/big.bin", "disk"),
         ("tmp", "head -c 100m /dev/zero > /tmp/big.bin", "/tmp"),
+        ("tmp-ignored", "head -c 100m /dev/zero > /tmp/big.bin || true", "/tmp"),
+        ("held-open", "exec 3> /work/held; rm /work/held; head -c 100m /dev/zero >&3 || true; sleep 1", "disk"),
         ("files", "for i in $(seq 40); do head -c 2m /dev/zero > /work/f$i; done; sleep 2", "disk"),
     ];
     for (slug, attack, named) in attacks {

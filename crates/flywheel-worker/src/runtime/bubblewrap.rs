@@ -429,6 +429,13 @@ impl SandboxControl for BubblewrapControl {
     async fn limit_hit(&mut self) -> Option<String> {
         self.cgroup.as_ref().and_then(ExecutionCgroup::limit_hit)
     }
+
+    fn process_lister(&self) -> Box<dyn Fn() -> Vec<i32> + Send + Sync> {
+        let Some(file) = self.cgroup.as_ref().and_then(ExecutionCgroup::procs_file) else { return Box::new(Vec::new) };
+        Box::new(move || {
+            std::fs::read_to_string(&file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+        })
+    }
 }
 
 #[cfg(test)]

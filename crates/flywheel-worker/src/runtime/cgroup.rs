@@ -282,6 +282,11 @@ impl ExecutionCgroup {
         self.procs.iter().map(AsRawFd::as_raw_fd).collect()
     }
 
+    /// The `cgroup.procs` file that lists the sandbox's processes.
+    pub fn procs_file(&self) -> Option<PathBuf> {
+        self.dirs.first().map(|d| d.join("cgroup.procs"))
+    }
+
     /// The limit the sandbox ran into, as a sentence, if it did.
     pub fn limit_hit(&self) -> Option<String> {
         let memory = |dir: &Path| {

@@ -151,6 +151,12 @@ pub trait SandboxControl: Send {
     /// Waits until the sandbox is gone; returns its exit code if it had one.
     /// Cancel-safe.
     async fn wait(&mut self) -> Option<i32>;
+    /// A way to list the processes of the sandbox while it runs (for the
+    /// disk limit: files they deleted but hold open); none where the runtime
+    /// cannot tell.
+    fn process_lister(&self) -> Box<dyn Fn() -> Vec<i32> + Send + Sync> {
+        Box::new(Vec::new)
+    }
     /// The limit (memory, processes) the sandbox ran into, as a sentence
     /// that names it, once it has ended.
     async fn limit_hit(&mut self) -> Option<String> {
