@@ -124,3 +124,43 @@ pub struct LogEntry {
     pub message: String,
     pub data: Option<Value>,
 }
+
+/// The newest of `entries` (oldest first) whose messages and data add up
+/// to at most `budget` bytes; and whether any were left out.
+pub fn newest_within(mut entries: Vec<LogEntry>, budget: usize) -> (Vec<LogEntry>, bool) {
+    let mut used = 0usize;
+    let mut keep = entries.len();
+    for (i, entry) in entries.iter().enumerate().rev() {
+        used += entry.message.len() + entry.data.as_ref().map_or(0, |d| d.to_string().len());
+        if used > budget {
+            break;
+        }
+        keep = i;
+    }
+    let left_out = keep > 0;
+    entries.drain(..keep);
+    (entries, left_out)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_entries_that_fit_are_kept() {
+        let entry = |seq: i64, len: usize| LogEntry {
+            seq,
+            ts: 0,
+            level: LogLevel::Info,
+            kind: LogKind::Log,
+            step: None,
+            message: "x".repeat(len),
+            data: None,
+        };
+        let (kept, left_out) = newest_within(vec![entry(1, 600), entry(2, 300), entry(3, 300)], 700);
+        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+        assert!(left_out);
+        let (kept, left_out) = newest_within(vec![entry(1, 10), entry(2, 10)], 700);
+        assert_eq!((kept.len(), left_out), (2, false));
+    }
+}

@@ -58,7 +58,7 @@ pub const MAX_EVENT_LINE: usize = 64 * 1024;
 /// Longest line of a model request or an output (screenshots, bodies).
 pub const MAX_LARGE_EVENT_LINE: usize = 16 * 1024 * 1024;
 /// Longest text an event carries in one field (a log line, a message).
-pub const MAX_EVENT_TEXT: usize = 16 * 1024;
+pub const MAX_EVENT_TEXT: usize = 8 * 1024;
 /// Largest output value, serialized.
 pub const MAX_OUTPUT_VALUE: usize = 1024 * 1024;
 

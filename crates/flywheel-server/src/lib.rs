@@ -27,6 +27,9 @@ use std::sync::Arc;
 
 /// Largest request body accepted.
 const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// Most bytes of log entries (messages and data) an execution's answer
+/// carries inline.
+pub(crate) const INLINE_LOG_BYTES: usize = 1024 * 1024;
 
 /// Settings of the API.
 #[derive(Debug, Clone)]
@@ -39,7 +42,7 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { public_metrics: false, inline_log_limit: 1000 }
+        ServerConfig { public_metrics: false, inline_log_limit: 500 }
     }
 }
 

@@ -479,9 +479,11 @@ impl Run<'_> {
                     let Ok(Some(line)) = line else { break End::AgentDone };
                     let mut progress = Progress::default();
                     self.apply_line(line, &mut progress);
-                    // Take every line that is already there, and write them together.
+                    // Take the lines that are already there, and write them
+                    // together (a batch of bounded size: a flood of long
+                    // lines is written a piece at a time, not held whole).
                     if let Some((events, _)) = channel.as_mut() {
-                        while self.state.finished.is_none() {
+                        while self.state.finished.is_none() && !batch_is_full(&progress) {
                             match events.next_line().now_or_never() {
                                 Some(Ok(Some(line))) => self.apply_line(line, &mut progress),
                                 _ => break,
@@ -778,7 +780,7 @@ impl Run<'_> {
                 entry.data = entry.data.take().map(|d| self.redactor.redact_value(d));
             }
             entry.message = cut_text(std::mem::take(&mut entry.message), MAX_EVENT_TEXT);
-            entry.data = entry.data.take().map(|d| bounded_value(d, 4 * MAX_EVENT_TEXT));
+            entry.data = entry.data.take().map(|d| bounded_value(d, 2 * MAX_EVENT_TEXT));
         }
     }
 
@@ -995,23 +997,6 @@ pub fn full_log_stream(
     .boxed()
 }
 
-/// An execution's whole log as JSON lines, oldest first: the `logs.jsonl`
-/// artifact.
-pub async fn render_full_log(store: &dyn Store, execution: uuid::Uuid) -> Result<String, StoreError> {
-    let mut text = String::new();
-    let mut after = 0;
-    loop {
-        let page = store.list_logs(execution, after, 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        for entry in &page {
-            text.push_str(&log_line(entry).to_string());
-            text.push('\n');
-        }
-    }
-    Ok(text)
-}
-
 /// One log entry as a JSON object, the same shape the API shows.
 pub fn log_line(entry: &flywheel_model::LogEntry) -> Value {
     json!({
@@ -1048,6 +1033,15 @@ async fn drain_stderr<R: tokio::io::AsyncRead + Unpin>(stderr: &mut BoundedLines
         }
     })
     .await;
+}
+
+/// Most log entries, and bytes of their messages, written in one batch.
+const BATCH_ENTRIES: usize = 500;
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
+
+fn batch_is_full(progress: &Progress) -> bool {
+    progress.entries.len() >= BATCH_ENTRIES
+        || progress.entries.iter().map(|e| e.message.len()).sum::<usize>() >= BATCH_BYTES
 }
 
 /// A line of diagnostics as text, saying so when it was cut.

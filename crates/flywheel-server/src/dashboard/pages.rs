@@ -701,6 +701,7 @@ pub async fn execution(State(app): State<Arc<App>>, SignedIn(session): SignedIn,
         Ok(found) => found,
         Err(err) => return failure(Some(&session), err.into()),
     };
+    let (logs, _) = flywheel_model::log::newest_within(logs, crate::INLINE_LOG_BYTES);
     let artifacts = app.store.list_artifacts(id).await.unwrap_or_default();
     // The video starts when the agent does.
     let video_zero_ms = logs

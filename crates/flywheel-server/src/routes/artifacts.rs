@@ -15,6 +15,7 @@ use axum::Json;
 use flywheel_store::artifacts::{content_disposition_for, is_safe_name};
 use flywheel_store::records::ArtifactRecord;
 use flywheel_store::StoreError;
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,13 +33,18 @@ pub async fn list_artifacts(State(app): State<Arc<App>>, Path(id): Path<String>)
     // The log is always there: until the worker stores the file (once the
     // execution has ended), it is rendered from the entries written so far.
     if !items.iter().any(|a| a.name == LOGS_ARTIFACT) {
-        let text = flywheel_worker::run::render_full_log(app.store.as_ref(), id).await?;
+        // Measured a page at a time: a long log is never whole in memory.
+        let mut pages = flywheel_worker::run::full_log_stream(app.store.clone(), id);
+        let mut size = 0i64;
+        while let Some(page) = pages.next().await {
+            size += page.map_err(|e| ApiError::Internal(e.into()))?.len() as i64;
+        }
         items.push(ArtifactRecord {
             execution: id,
             name: LOGS_ARTIFACT.to_owned(),
             kind: "logs".to_owned(),
             content_type: "application/x-ndjson".to_owned(),
-            size: text.len() as i64,
+            size,
             created_at: flywheel_model::time::now_ms(),
         });
     }
@@ -122,8 +128,8 @@ pub async fn download_artifact(
 /// artifact is not written yet (it is written once the execution ends).
 async fn render_log_from_store(app: &App, id: uuid::Uuid) -> ApiResult<Response> {
     app.store.get_execution(id).await?;
-    let text = flywheel_worker::run::render_full_log(app.store.as_ref(), id).await?;
-    let mut response = Response::new(Body::from(text));
+    let pages = flywheel_worker::run::full_log_stream(app.store.clone(), id);
+    let mut response = Response::new(Body::from_stream(pages));
     insert(&mut response, header::CONTENT_TYPE, "application/x-ndjson");
     insert(&mut response, header::CONTENT_DISPOSITION, &format!("inline; filename=\"{LOGS_ARTIFACT}\""));
     secure(&mut response);

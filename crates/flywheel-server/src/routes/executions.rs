@@ -221,8 +221,12 @@ pub async fn get_execution(State(app): State<Arc<App>>, Path(id): Path<String>) 
     let id = execution_id(&id)?;
     let (record, logs) = app.store.get_execution_with_logs(id, app.config.inline_log_limit).await?;
     let total = record.log_count;
+    // A run's log may be long lines: the answer carries at most
+    // INLINE_LOG_BYTES of it (the newest), the rest is at logs_url.
+    let fetched = logs.len() as i64;
+    let (logs, left_out) = flywheel_model::log::newest_within(logs, crate::INLINE_LOG_BYTES);
     let mut view = Execution::from_record(record, &app.signer);
-    view.logs_truncated = Some(total > logs.len() as i64);
+    view.logs_truncated = Some(left_out || total > fetched);
     view.logs = Some(logs.into_iter().map(LogEntryView::from).collect());
     Ok(Json(view))
 }
