@@ -14,8 +14,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Flywheel runs (sandboxes, browser, video),
 RUNTIME_DEPS := bwrap:bubblewrap chromium:chromium ffmpeg:ffmpeg dpkg:fonts-liberation
 # for the tests (a real PostgreSQL server; debootstrap builds the base image
-# of execution containers, since no image can be pulled),
-TEST_DEPS := dpkg:postgresql debootstrap:debootstrap
+# of execution containers, since no image can be pulled; the attacks of the
+# containment tests use the system's curl and python3 inside sandboxes),
+TEST_DEPS := dpkg:postgresql debootstrap:debootstrap dpkg:curl dpkg:python3
 # and for the benchmarks.
 BENCH_DEPS := wrk:wrk
 # The S3-compatible server the tests start (from crates.io, built by cargo).
