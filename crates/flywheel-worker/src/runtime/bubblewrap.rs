@@ -20,10 +20,7 @@
 //! with the server if the server is killed.
 
 use super::cgroup::{Cgroups, ExecutionCgroup};
-use super::{
-    chown_tree, sandbox_user, Runtime, Sandbox, SandboxControl, SandboxError, SandboxLimits, SandboxNetwork,
-    SandboxSpec,
-};
+use super::{sandbox_user, Runtime, Sandbox, SandboxControl, SandboxError, SandboxLimits, SandboxNetwork, SandboxSpec};
 use async_trait::async_trait;
 use flywheel_model::protocol::{SANDBOX_JOB_FILE, SANDBOX_RUN_DIR, SANDBOX_WORK_DIR};
 use nix::sys::signal::{killpg, Signal};
@@ -348,14 +345,8 @@ impl Runtime for BubblewrapRuntime {
                 None => None,
             };
         let procs = cgroup.as_ref().map(ExecutionCgroup::procs_fds).unwrap_or_default();
-        if let Some((uid, gid)) = run_as() {
-            let (work_dir, run_dir) = (spec.work_dir.clone(), spec.run_dir.clone());
-            tokio::task::spawn_blocking(move || {
-                chown_tree(&work_dir, uid, gid).and_then(|()| chown_tree(&run_dir, uid, gid))
-            })
-            .await
-            .map_err(|e| SandboxError(format!("could not hand the work dir to the sandbox's user: {e}")))?
-            .map_err(|e| SandboxError(format!("could not hand the work dir to the sandbox's user: {e}")))?;
+        if let Some(user) = run_as() {
+            super::hand_over(spec, user).await?;
         }
         let mut command = self.command(&args, procs, self.config.limits.disk_bytes);
         command.stderr(Stdio::piped()).kill_on_drop(true);

@@ -16,10 +16,7 @@
 //! its deployment whose execution is no longer running, whichever node
 //! started it, and never touches another deployment's containers.
 
-use super::{
-    chown_tree, sandbox_user, Runtime, Sandbox, SandboxControl, SandboxError, SandboxLimits, SandboxNetwork,
-    SandboxSpec,
-};
+use super::{sandbox_user, Runtime, Sandbox, SandboxControl, SandboxError, SandboxLimits, SandboxNetwork, SandboxSpec};
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -206,14 +203,7 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         let name = Self::container_name(spec.execution);
-        let (uid, gid) = sandbox_user();
-        let (work_dir, run_dir) = (spec.work_dir.clone(), spec.run_dir.clone());
-        tokio::task::spawn_blocking(move || {
-            chown_tree(&work_dir, uid, gid).and_then(|()| chown_tree(&run_dir, uid, gid))
-        })
-        .await
-        .map_err(|e| SandboxError(format!("could not hand the work dir to the container's user: {e}")))?
-        .map_err(|e| SandboxError(format!("could not hand the work dir to the container's user: {e}")))?;
+        super::hand_over(spec, sandbox_user()).await?;
         let options = bollard::query_parameters::CreateContainerOptionsBuilder::default().name(&name).build();
         let created =
             self.docker.create_container(Some(options), self.create_body(spec)).await.map_err(|e| match e {

@@ -109,6 +109,17 @@ pub fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<
     Ok(())
 }
 
+/// Hands the work and run dirs of `spec` to the sandbox's user.
+pub async fn hand_over(spec: &SandboxSpec, (uid, gid): (u32, u32)) -> Result<(), SandboxError> {
+    let (work_dir, run_dir) = (spec.work_dir.clone(), spec.run_dir.clone());
+    let fail =
+        |e: &dyn std::fmt::Display| SandboxError(format!("could not hand the work dir to the sandbox's user: {e}"));
+    tokio::task::spawn_blocking(move || chown_tree(&work_dir, uid, gid).and_then(|()| chown_tree(&run_dir, uid, gid)))
+        .await
+        .map_err(|e| fail(&e))?
+        .map_err(|e| fail(&e))
+}
+
 /// A sandbox could not be created. The message says what to install or
 /// enable; it becomes the execution's `sandbox_error`.
 #[derive(Debug, Clone)]
