@@ -234,11 +234,17 @@ async fn tunnel(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         Ok(address) => address,
         Err(why) => return refuse(&shared, &what, &host, port, why),
     };
+    // A tunnel outlives the request that opened it: it holds a place of
+    // its own among the sandbox's connections.
+    let Ok(place) = shared.slots.clone().try_acquire_owned() else {
+        return refuse(&shared, &what, &host, port, format!("more than {MAX_CONNECTIONS} connections at once"));
+    };
     let upstream = match connect(address).await {
         Ok(stream) => stream,
         Err(why) => return refuse(&shared, &what, &host, port, why),
     };
     tokio::spawn(async move {
+        let _place = place;
         let started = Instant::now();
         let (out, back) = match hyper::upgrade::on(request).await {
             Ok(upgraded) => {

@@ -543,6 +543,7 @@ fn hostname() -> String {
 /// line on stderr and a failing exit code.
 pub fn run<F: std::future::Future<Output = anyhow::Result<()>>>(main: F) -> std::process::ExitCode {
     init_tracing();
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -555,6 +556,20 @@ pub fn run<F: std::future::Future<Output = anyhow::Result<()>>>(main: F) -> std:
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every sandbox's connections pass through this process (the egress
+/// proxy holds two descriptors per connection): the soft limit of open
+/// files goes up to the hard one.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!(error = %err, "could not raise the limit of open files");
+            }
         }
     }
 }
