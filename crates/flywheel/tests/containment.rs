@@ -637,6 +637,39 @@ fetch("http://{outside}/from-page").catch(() => {{}});
 }
 
 #[tokio::test]
+async fn a_sandbox_holds_at_most_256_connections_through_the_proxy() {
+    let server = Server::start_strict(&[], &[]).await;
+    let (target, hits) = counting_listener().await;
+    let port = target.rsplit(':').next().unwrap().to_owned();
+    let flood = format!(
+        r#"python3 -c '
+import socket
+held, tunnels = [], 0
+for i in range(300):
+    s = socket.create_connection(("127.0.0.1", 3128))
+    s.sendall(b"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n")
+    if b" 200" in s.recv(200).split(b"\r\n")[0]:
+        tunnels += 1
+    held.append(s)
+print(tunnels)
+'"#
+    );
+    server
+        .workflow(
+            "Flood",
+            json!({"url_allowlist": [format!("http://{target}")], "steps": [{"shell": {"command": flood, "name": "tunnels"}}]}),
+        )
+        .await;
+    let run = id(&server.execute("flood", json!({})).await);
+    let e = server.wait_terminal(&run, Duration::from_secs(60)).await;
+    assert_eq!(e["status"], "completed", "{e:#}");
+    let tunnels: usize = e["output"]["tunnels"].as_str().unwrap().parse().unwrap();
+    assert!((200..=256).contains(&tunnels), "{tunnels} tunnels were opened");
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) <= 256);
+    assert!(e["logs"].to_string().contains("more than 256 connections at once"), "{e:#}");
+}
+
+#[tokio::test]
 async fn small_ones_plain_text_secrets_schemeless_allowlists_and_the_session_cookie() {
     let server = Server::start(&[]).await;
     // `secrets.html` in plain text is no secret reference.
