@@ -109,6 +109,10 @@ pub async fn run_job_file(job_path: &Path) -> anyhow::Result<bool> {
         .with_context(|| format!("could not read the job file {}", job_path.display()))?;
     let job: Job = serde_json::from_str(&text)
         .with_context(|| format!("the job file {} is not a valid job", job_path.display()))?;
+    // It holds the run's secrets: once read, it is gone from /work, where
+    // steps and pages work.
+    std::fs::remove_file(job_path).with_context(|| format!("could not remove the job file {}", job_path.display()))?;
+    drop(text);
     let work_dir = job_path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let answers = channel.try_clone().context("could not share the channel to the worker")?;
     let (mut to_model, from_worker) = tokio::io::duplex(64 << 10);

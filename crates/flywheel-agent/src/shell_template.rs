@@ -18,8 +18,12 @@
 //! - in a `# comment`: line breaks become spaces.
 //!
 //! `$( … )` and backquotes open a fresh unquoted context, inside quotes
-//! too. `{{ value | raw }}` (or minijinja's `| safe`) opts out: the value
-//! is inserted as it is, as code. Quoting cannot stop a value that starts
+//! too. Where no escaping can be trusted, only some values may go: whole
+//! numbers inside `$(( … ))`, plain values (letters, digits, `._/:@%+,-=`)
+//! inside backquotes and `${ … }`, and no value right after a backslash;
+//! anything else fails the step. `{{ value | raw }}` opts out: the value is
+//! inserted as it is, as code (no other filter does: `| safe`, `| e` and
+//! `| tojson` values are data like any other). Quoting cannot stop a value that starts
 //! with `-` from being read as an option: put `--` before such values.
 
 /// Marks where a value goes in the first pass: private-use characters
@@ -55,6 +59,9 @@ enum Context {
     /// Inside `$(( … ))`, with the depth of parentheses opened in it: quotes
     /// mean nothing there and `$(…)` still runs, so only numbers may go in.
     Arithmetic(usize),
+    /// Inside `${ … }`, with the depth of braces opened in it: how quotes
+    /// nest there differs from shell to shell, so only plain values may go in.
+    Parameter(usize),
     Backquote,
     HereDoc(HereDoc),
 }
@@ -113,15 +120,23 @@ fn escape_in(value: &str, stack: &[Context]) -> Result<String, String> {
             "a value inside backquotes must be plain (letters, digits and ._/:@%+,-=), not {value:?}; use $( … ) instead"
         ));
     }
+    if stack.iter().any(|c| matches!(c, Context::Parameter(_))) && !value.is_empty() && !plainly_safe(value) {
+        return Err(format!(
+            "a value inside ${{ … }} must be plain (letters, digits and ._/:@%+,-=), not {value:?}; \
+             put it in a variable first (env: or a step of its own)"
+        ));
+    }
     Ok(escape(value, &context))
 }
 
 /// The value, escaped for `context`.
 fn escape(value: &str, context: &Context) -> String {
     match context {
-        Context::Unquoted | Context::Substitution(_) | Context::Backquote | Context::Arithmetic(_) => {
-            single_quoted(value)
-        }
+        Context::Unquoted
+        | Context::Substitution(_)
+        | Context::Backquote
+        | Context::Arithmetic(_)
+        | Context::Parameter(_) => single_quoted(value),
         Context::Single => value.replace('\'', r"'\''"),
         Context::Double => escape_with_backslash(value, &['\\', '$', '`', '"']),
         Context::Comment => value.replace(['\n', '\r'], " "),
@@ -164,10 +179,19 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
             continue;
         }
         let Some(c) = rest.chars().next() else { break };
-        // A backslash escapes the next character, unless a value comes next
-        // (the value is escaped on its own).
         let after = &rest[c.len_utf8()..];
-        let next = if read_placeholder(after, nonce).is_some() { None } else { after.chars().next() };
+        let value_next = read_placeholder(after, nonce).is_some();
+        // A backslash would escape the first character of the value's own
+        // escaping: refused wherever backslashes escape.
+        let backslash_escapes = match &context {
+            Context::Single | Context::Comment => false,
+            Context::HereDoc(doc) => !doc.literal,
+            _ => true,
+        };
+        if c == '\\' && value_next && backslash_escapes {
+            return Err("a value cannot follow a backslash: put a space or a quote between them".into());
+        }
+        let next = if value_next { None } else { after.chars().next() };
         let mut advance = c.len_utf8();
         match &context {
             Context::Single => {
@@ -198,6 +222,10 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
                     doc_line.push_str("$(");
                     advance += 1;
                     stack.push(Context::Substitution(0));
+                } else if !doc.literal && c == '$' && next == Some('{') {
+                    doc_line.push_str("${");
+                    advance += 1;
+                    stack.push(Context::Parameter(0));
                 } else if !doc.literal && c == '`' {
                     doc_line.push(c);
                     stack.push(Context::Backquote);
@@ -224,10 +252,38 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
                 }
                 _ => {}
             },
+            Context::Parameter(depth) => match c {
+                '\\' => advance += next.map_or(0, char::len_utf8),
+                '{' => stack.push(Context::Parameter(depth + 1)),
+                '}' => {
+                    stack.pop();
+                }
+                '"' => stack.push(Context::Double),
+                // Inside double quotes, a single quote in ${ … } is literal.
+                '\'' if !stack.contains(&Context::Double) => stack.push(Context::Single),
+                '$' if rest.starts_with("$((") => {
+                    advance += 2;
+                    stack.push(Context::Arithmetic(0));
+                }
+                '$' if next == Some('(') => {
+                    advance += 1;
+                    stack.push(Context::Substitution(0));
+                }
+                '$' if next == Some('{') => {
+                    advance += 1;
+                    stack.push(Context::Parameter(0));
+                }
+                '`' => stack.push(Context::Backquote),
+                _ => {}
+            },
             Context::Double => match c {
                 '\\' => advance += next.map_or(0, char::len_utf8),
                 '"' => {
                     stack.pop();
+                }
+                '$' if next == Some('{') => {
+                    advance += 1;
+                    stack.push(Context::Parameter(0));
                 }
                 '$' if rest.starts_with("$((") => {
                     advance += 2;
@@ -245,6 +301,10 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
                 '\'' => stack.push(Context::Single),
                 '"' => stack.push(Context::Double),
                 '#' if at_word_start => stack.push(Context::Comment),
+                '$' if next == Some('{') => {
+                    advance += 1;
+                    stack.push(Context::Parameter(0));
+                }
                 '$' if rest.starts_with("$((") => {
                     advance += 2;
                     stack.push(Context::Arithmetic(0));
@@ -285,8 +345,14 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
                 _ => {}
             },
         }
-        out.push_str(&rendered[i..i + advance]);
-        at_word_start = c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '<' | '>');
+        let consumed = &rendered[i..i + advance];
+        out.push_str(consumed);
+        // A backslash-newline joins two lines as if they were one: what
+        // follows continues whatever came before it.
+        if consumed != "\\\n" {
+            let last = consumed.chars().last().unwrap_or(c);
+            at_word_start = last.is_whitespace() || matches!(last, ';' | '&' | '|' | '(' | ')' | '<' | '>' | '`');
+        }
         i += advance;
     }
     Ok(out)
@@ -386,6 +452,8 @@ mod tests {
         "' \"$(touch M)\" '",
         "; touch M",
         "x\ntouch M",
+        "x\ntouch M #",
+        "$(touch M) '",
         "",
     ];
 
@@ -415,6 +483,16 @@ mod tests {
                 "X=\"${Y:-@0}\"; printf '%s' \"$X\"",
                 "X=${Y:-@0}; printf '%s' \"$X\"",
                 "case @0 in *) printf '%s' ok;; esac",
+                "echo \"${V:-\"@0\"}\"",
+                "echo \"${V:+\"@0\"}\"",
+                "echo ${V:-\"@0\"}",
+                "echo \"${V#@0}\"",
+                "echo \"C:\\@0\"",
+                "echo C:\\@0",
+                "cat <<EOF\nC:\\@0\nEOF",
+                "echo start \\\n# @0\necho end",
+                "X=$(# @0\necho hi); printf '%s' \"$X\"",
+                "echo `# @0\necho hi`",
             ] {
                 match quote(template, &[&value]) {
                     Ok(script) => {
@@ -424,7 +502,9 @@ mod tests {
                     // Refusing is fine too (a value that would end a here-document,
                     // a value that cannot be data in arithmetic or backquotes).
                     Err(err) => assert!(
-                        ["here-document", "whole number", "backquotes"].iter().any(|w| err.contains(w)),
+                        ["here-document", "whole number", "backquotes", "${", "backslash"]
+                            .iter()
+                            .any(|w| err.contains(w)),
                         "{err}"
                     ),
                 }

@@ -91,10 +91,15 @@ fn render_shell(command: &str, ctx: &Value) -> Result<String, TemplateError> {
     };
     let values: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut env = new_environment();
+    // Here `| raw` marks code with a type of its own: a value that another
+    // filter marked safe (`| e`, `| tojson`, `| safe`) is still data.
+    env.add_filter("raw", |value: minijinja::Value| minijinja::Value::from_object(RawCode(value.to_string())));
     let seen = values.clone();
-    env.set_formatter(move |out, state, value| {
-        if value.is_safe() {
-            return minijinja::escape_formatter(out, state, value);
+    env.set_formatter(move |out, _state, value| {
+        if let Some(code) = value.downcast_object_ref::<RawCode>() {
+            return out
+                .write_str(&code.0)
+                .map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "could not write"));
         }
         let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.push(value.to_string());
@@ -105,6 +110,12 @@ fn render_shell(command: &str, ctx: &Value) -> Result<String, TemplateError> {
     let values = values.lock().unwrap_or_else(|e| e.into_inner()).clone();
     shell_template::quote_values(&rendered, nonce, &values).map_err(fail)
 }
+
+/// Text a shell command inserts as code (`| raw`).
+#[derive(Debug)]
+struct RawCode(String);
+
+impl minijinja::value::Object for RawCode {}
 
 /// Renders every string inside `value`.
 pub fn render_value(
@@ -249,5 +260,10 @@ mod tests {
             step(json!({"set": {"name": "n", "value": "{{ input.name }}"}})),
             json!({"set": {"name": "n", "value": "x'; id; echo '"}})
         );
+        // Filters that mark a value safe for HTML or JSON leave it data here.
+        for filtered in ["{{ input.name | tojson }}", "{{ input.name | e }}", "{{ input.name | safe }}"] {
+            let command = step(json!({"shell": format!("echo {filtered}")}));
+            assert!(command["shell"].as_str().unwrap().starts_with("echo '"), "{filtered}: {command}");
+        }
     }
 }

@@ -104,20 +104,28 @@ impl Allowlist {
         self.entries.is_empty()
     }
 
-    /// Whether `url` may be loaded.
+    /// Whether `url` may be loaded. Only web URLs ever may (`file:`,
+    /// `chrome:`, `view-source:` never), whatever the list.
     pub fn allows(&self, url: &str) -> bool {
-        if self.entries.is_empty() {
-            return true;
-        }
         let Ok(url) = Url::parse(url) else { return false };
         if matches!(url.scheme(), "data" | "blob" | "about") {
+            return true;
+        }
+        if !SCHEMES.contains(&url.scheme()) {
+            return false;
+        }
+        if self.entries.is_empty() {
             return true;
         }
         let Some(host) = url.host_str().map(bare_host) else { return false };
         // An encoded slash, backslash or dot could climb out of a path
         // prefix on a server that decodes before it resolves `..`.
+        // (Also full-width and overlong dots and slashes, and `..;`, which
+        // some servers resolve as `..`.)
         let lower_path = url.path().to_ascii_lowercase();
-        let encoded_escape = ["%2f", "%5c", "%2e"].iter().any(|e| lower_path.contains(e));
+        let encoded_escape =
+            ["%2f", "%5c", "%2e", "%ef%bc%8e", "%ef%bc%8f", "%c0%ae", "%c0%af"].iter().any(|e| lower_path.contains(e))
+                || url.path_segments().is_some_and(|mut segments| segments.any(|s| s.starts_with("..")));
         self.entries.iter().any(|entry| match entry {
             Entry::Origin { scheme, port, path, .. } => {
                 url.scheme() == scheme
@@ -185,6 +193,11 @@ mod tests {
         assert!(!allow.allows("http://127.0.0.1:9090/app"));
         assert!(allow.allows("data:text/html,hi") && allow.allows("about:blank"));
         assert!(list(&[]).allows("https://anything.example/"));
+        for never in
+            ["file:///work/job.json", "chrome://version", "view-source:https://a.example/", "javascript:alert(1)"]
+        {
+            assert!(!list(&[]).allows(never) && !allow.allows(never), "{never}");
+        }
         assert!(Allowlist::new(&["https://".to_owned()]).is_err());
     }
 
@@ -199,7 +212,14 @@ mod tests {
         assert!(allow.names("127.0.0.1") && allow.names("::1"));
         assert!(!allow.names("10.0.0.1"));
         assert!(!allow.names("cdn.assets.io"), "a pattern names no host");
-        for escape in ["/app/..%2f..%2fapi", "/app/%2e%2e/api", "/app/..%5capi", "/app/%2E%2E/api"] {
+        for escape in [
+            "/app/..%2f..%2fapi",
+            "/app/%2e%2e/api",
+            "/app/..%5capi",
+            "/app/%2E%2E/api",
+            "/app/..;/api",
+            "/app/%EF%BC%8E%EF%BC%8E/api",
+        ] {
             assert!(!allow.allows(&format!("http://127.0.0.1:8080{escape}")), "{escape}");
         }
         assert!(list(&[]).allows_endpoint("10.0.0.1", 22) && !list(&[]).names("10.0.0.1"));

@@ -32,13 +32,21 @@ pub struct Redactor {
 
 /// The forms a secret is masked in.
 fn forms_of(secret: &str) -> Vec<String> {
-    let mut parts = vec![secret.to_owned()];
-    let trimmed = secret.trim();
-    if trimmed.len() >= MIN_LINE_SECRET {
-        parts.push(trimmed.to_owned());
+    // As written, and with `\n`-style escapes read the way `echo` reads them.
+    let mut wholes = vec![secret.to_owned()];
+    if secret.contains('\\') {
+        wholes.push(secret.replace("\\n", "\n").replace("\\t", "\t").replace("\\r", "\r").replace("\\\\", "\\"));
     }
-    if secret.contains(['\n', '\r']) {
-        parts.extend(secret.lines().map(str::trim).filter(|l| l.len() >= MIN_LINE_SECRET).map(str::to_owned));
+    let mut parts = Vec::new();
+    for whole in wholes {
+        let trimmed = whole.trim();
+        if trimmed.len() >= MIN_LINE_SECRET {
+            parts.push(trimmed.to_owned());
+        }
+        if whole.contains(['\n', '\r']) {
+            parts.extend(whole.lines().map(str::trim).filter(|l| l.len() >= MIN_LINE_SECRET).map(str::to_owned));
+        }
+        parts.push(whole);
     }
     let mut forms = Vec::new();
     for part in parts {
@@ -55,8 +63,25 @@ fn forms_of(secret: &str) -> Vec<String> {
                 }
             }
         }
+        // …and with what minijinja's `tojson` escapes for HTML (&, <, >, ').
+        let html_safe = |text: &str| {
+            text.replace('&', "\\u0026").replace('<', "\\u003c").replace('>', "\\u003e").replace('\'', "\\u0027")
+        };
+        forms.push(html_safe(&ascii));
+        forms.push(html_safe(&json));
         forms.push(ascii);
         forms.push(json);
+        // In a URL's query or path, the way a URL library encodes it.
+        if let Ok(mut url) = url::Url::parse("http://x/") {
+            url.set_query(Some(&part));
+            forms.extend(url.query().map(str::to_owned));
+        }
+        if let Ok(mut url) = url::Url::parse("http://x/") {
+            if let Ok(mut segments) = url.path_segments_mut() {
+                segments.clear().push(&part);
+            }
+            forms.push(url.path().trim_start_matches('/').to_owned());
+        }
         // In a URL: form-encoded (spaces as +) and percent-encoded (%20).
         let encoded: String = url::form_urlencoded::byte_serialize(part.as_bytes()).collect();
         forms.push(encoded.replace('+', "%20"));
@@ -253,5 +278,11 @@ mod tests {
         assert_eq!(r.redact("?k=sup%22er+secret+w%C3%B6rd&x"), "?k=***&x", "form-encoded");
         assert_eq!(r.redact("out: padded-9"), "out: ***", "trimmed");
         assert_eq!(r.redact(r#""sup\"er secret w\u00f6rd""#), r#""***""#, "escaped as ASCII JSON");
+        let r =
+            Redactor::new(["Tr0ub4dor&3<x>'q".to_owned(), "pa ss/w\"rd9Zq".to_owned(), "one\\ntwo-halves".to_owned()]);
+        assert_eq!(r.redact(r#"Tr0ub4dor\u00263\u003cx\u003e\u0027q"#), "***", "as tojson writes it");
+        assert_eq!(r.redact("k=pa%20ss/w%22rd9Zq"), "k=***", "in a query, the way a URL library encodes it");
+        assert_eq!(r.redact("one\ntwo-halves"), "***", "echo read the escape");
+        assert_eq!(r.redact("two-halves"), "***", "and each line of what it printed");
     }
 }

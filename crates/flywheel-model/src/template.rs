@@ -86,7 +86,12 @@ fn tag_end(inner: &str, close: &str) -> usize {
 
 /// Refuses a template that is too large or nested too deeply to parse
 /// safely. The error is a sentence for the user.
+///
+/// It reads the template with minijinja's own tokenizer (which does not
+/// recurse), so it sees exactly the tags the parser will see: a `{% raw %}`
+/// block, a comment or a string literal cannot hide one from it.
 pub fn check_bounds(text: &str) -> Result<(), String> {
+    use minijinja::machinery::{tokenize, Token, WhitespaceConfig};
     if !is_template(text) {
         return Ok(());
     }
@@ -98,48 +103,78 @@ pub fn check_bounds(text: &str) -> Result<(), String> {
         ));
     }
     let (mut blocks, mut branches) = (0usize, 0usize);
-    for tag in tags(text) {
-        let TagShape { depth, unary, operators } = tag_shape(tag);
-        if depth > MAX_NESTING {
-            return Err(format!("the template nests brackets {depth} deep; at most {MAX_NESTING} are allowed"));
+    let mut tag = TagShape::default();
+    // After `{%`, the first word says what kind of statement it is.
+    let mut statement_start = false;
+    let tokens = tokenize(text, false, Default::default(), WhitespaceConfig::default());
+    for token in tokens {
+        // A syntax error: the parser stops there too, and says so.
+        let Ok((token, _)) = token else { break };
+        let keyword_position = std::mem::take(&mut statement_start);
+        match token {
+            Token::VariableStart => tag = TagShape::default(),
+            Token::BlockStart => {
+                tag = TagShape::default();
+                statement_start = true;
+            }
+            Token::ParenOpen | Token::BracketOpen | Token::BraceOpen => {
+                tag.depth += 1;
+                tag.deepest = tag.deepest.max(tag.depth);
+                tag.operators += 1;
+            }
+            Token::ParenClose | Token::BracketClose | Token::BraceClose => tag.depth = tag.depth.saturating_sub(1),
+            Token::Minus => {
+                tag.unary += 1;
+                tag.operators += 1;
+            }
+            Token::Ident(word) => {
+                if keyword_position {
+                    if word == "elif" || word == "else" {
+                        branches += 1;
+                    } else if BLOCK_STATEMENTS.contains(&word) {
+                        blocks += 1;
+                    } else if word.starts_with("end") {
+                        blocks = blocks.saturating_sub(1);
+                    }
+                }
+                if KEYWORD_OPERATORS.contains(&word) {
+                    tag.operators += 1;
+                    if word == "not" {
+                        tag.unary += 1;
+                    }
+                }
+            }
+            Token::TemplateData(_)
+            | Token::VariableEnd
+            | Token::BlockEnd
+            | Token::Str(_)
+            | Token::String(_)
+            | Token::Int(_)
+            | Token::Int128(_)
+            | Token::Float(_) => {}
+            _ => tag.operators += 1,
         }
-        if unary > MAX_UNARY {
+        tag.check()?;
+        if blocks > MAX_NESTING {
             return Err(format!(
-                "a template tag holds {unary} '-' or 'not' operators; at most {MAX_UNARY} are allowed"
+                "the template nests blocks more than {MAX_NESTING} deep; at most {MAX_NESTING} are allowed"
             ));
         }
-        if operators > MAX_OPERATORS {
+        if branches > MAX_BRANCHES {
             return Err(format!(
-                "a template tag holds {operators} operators; at most {MAX_OPERATORS} are allowed (split it into steps)"
+                "the template has more than {MAX_BRANCHES} elif and else tags; at most {MAX_BRANCHES} are allowed"
             ));
-        }
-        let keyword = tag.trim_start_matches(['-', '+', '~']).split_whitespace().next().unwrap_or("");
-        if keyword == "elif" || keyword == "else" {
-            branches += 1;
-            if branches > MAX_BRANCHES {
-                return Err(format!(
-                    "the template has more than {MAX_BRANCHES} elif and else tags; at most {MAX_BRANCHES} are allowed"
-                ));
-            }
-        }
-        if BLOCK_STATEMENTS.contains(&keyword) {
-            blocks += 1;
-            if blocks > MAX_NESTING {
-                return Err(format!(
-                    "the template nests blocks more than {MAX_NESTING} deep; at most {MAX_NESTING} are allowed"
-                ));
-            }
-        } else if keyword.starts_with("end") {
-            blocks = blocks.saturating_sub(1);
         }
     }
     Ok(())
 }
 
 /// What makes a tag deep to parse.
+#[derive(Default)]
 struct TagShape {
-    /// The deepest bracket nesting.
+    /// Brackets open now, and the most that were.
     depth: usize,
+    deepest: usize,
     /// Unary-capable operators: every `-` and `not` (counting binary ones
     /// too errs on the safe side).
     unary: usize,
@@ -147,57 +182,29 @@ struct TagShape {
     operators: usize,
 }
 
+impl TagShape {
+    fn check(&self) -> Result<(), String> {
+        if self.deepest > MAX_NESTING {
+            return Err(format!(
+                "the template nests brackets more than {MAX_NESTING} deep; at most {MAX_NESTING} are allowed"
+            ));
+        }
+        if self.unary > MAX_UNARY {
+            return Err(format!(
+                "a template tag holds more than {MAX_UNARY} '-' or 'not' operators; at most {MAX_UNARY} are allowed"
+            ));
+        }
+        if self.operators > MAX_OPERATORS {
+            return Err(format!(
+                "a template tag holds more than {MAX_OPERATORS} operators; at most {MAX_OPERATORS} are allowed (split it into steps)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Keywords that join expressions.
 const KEYWORD_OPERATORS: &[&str] = &["if", "else", "and", "or", "not", "is", "in"];
-
-/// The shape of a tag, outside its string literals.
-fn tag_shape(tag: &str) -> TagShape {
-    let bytes = tag.as_bytes();
-    let (mut depth, mut deepest, mut unary, mut operators) = (0usize, 0usize, 0usize, 0usize);
-    let mut quote: Option<u8> = None;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match quote {
-            Some(_) if b == b'\\' => i += 1,
-            Some(q) if b == q => quote = None,
-            Some(_) => {}
-            None => match b {
-                b'"' | b'\'' => quote = Some(b),
-                b'(' | b'[' | b'{' => {
-                    depth += 1;
-                    operators += 1;
-                    deepest = deepest.max(depth);
-                }
-                b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-                b'-' => {
-                    unary += 1;
-                    operators += 1;
-                }
-                b'.' | b'|' | b'+' | b'*' | b'/' | b'%' | b'~' | b',' | b'=' | b'<' | b'>' | b'!' => operators += 1,
-                b if b.is_ascii_alphabetic() && (i == 0 || !is_ident(bytes[i - 1])) => {
-                    let end = bytes[i..].iter().position(|c| !is_ident(*c)).map_or(bytes.len(), |n| i + n);
-                    let word = &tag[i..end];
-                    if KEYWORD_OPERATORS.contains(&word) {
-                        operators += 1;
-                        if word == "not" {
-                            unary += 1;
-                        }
-                    }
-                    i = end;
-                    continue;
-                }
-                _ => {}
-            },
-        }
-        i += 1;
-    }
-    TagShape { depth: deepest, unary, operators }
-}
-
-fn is_ident(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
-}
 
 #[cfg(test)]
 mod tests {

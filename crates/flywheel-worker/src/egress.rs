@@ -41,6 +41,9 @@ use tokio::sync::mpsc::Sender;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Most connections of one sandbox open at once.
 const MAX_CONNECTIONS: usize = 256;
+/// Largest request or response head read, and how long a request head may take.
+const MAX_HEAD: usize = 64 * 1024;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a sandbox may reach.
 #[derive(Debug, Clone)]
@@ -96,7 +99,12 @@ pub fn start(run_dir: &Path, policy: EgressPolicy, log: Sender<NewLogEntry>) -> 
                     let shared = shared.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(shared, request).await) }
                 });
+                // A request head is small and comes soon: one that does not
+                // costs the sandbox its connection, not the worker its memory.
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .max_buf_size(MAX_HEAD)
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades()
                     .await;
@@ -283,11 +291,14 @@ async fn forward(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bo
         Ok(stream) => stream,
         Err(why) => return refuse(&shared, &what, &host, port, why),
     };
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(upstream)).await {
-            Ok(pair) => pair,
-            Err(err) => return refuse(&shared, &what, &host, port, format!("{err}")),
-        };
+    let (mut sender, connection) = match hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEAD)
+        .handshake::<_, Incoming>(TokioIo::new(upstream))
+        .await
+    {
+        Ok(pair) => pair,
+        Err(err) => return refuse(&shared, &what, &host, port, format!("{err}")),
+    };
     tokio::spawn(connection);
     let (mut parts, body) = request.into_parts();
     // What goes upstream is what was checked: the path as the allowlist saw
@@ -303,8 +314,21 @@ async fn forward(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bo
         Ok(uri) => uri,
         Err(_) => return refuse(&shared, &what, &host, port, "the path does not parse".into()),
     };
+    // Hop-by-hop headers, and those the client named as such, stay here.
+    let named: Vec<String> = parts
+        .headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
     for hop in ["proxy-connection", "proxy-authorization", "connection", "keep-alive", "te", "trailer", "upgrade"] {
         parts.headers.remove(hop);
+    }
+    for name in named {
+        parts.headers.remove(name.as_str());
     }
     let authority = &checked[url::Position::BeforeHost..url::Position::AfterPort];
     if let Ok(authority) = hyper::header::HeaderValue::from_str(authority) {

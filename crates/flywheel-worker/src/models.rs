@@ -20,6 +20,8 @@ use std::time::Duration;
 
 /// How long one model call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(180);
+/// Largest answer of a model call read (it goes to the agent as one line).
+const MAX_ANSWER: usize = 10 * 1024 * 1024;
 
 /// One provider's settings on this server.
 #[derive(Debug, Clone, Default)]
@@ -245,10 +247,21 @@ pub async fn call(
             kept.insert(name.to_owned(), value.to_owned());
         }
     }
-    let text = match response.text().await {
-        Ok(text) => redactor.redact(&text),
-        Err(err) => return refuse(format!("reading the answer of {}: {}", model.base_url, err.without_url())),
-    };
+    // An answer is read with a cap: a model URL (a workflow's own, even)
+    // cannot make the worker hold more.
+    let mut response = response;
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() > MAX_ANSWER => {
+                return refuse(format!("the answer of {} is larger than {} MiB", model.base_url, MAX_ANSWER >> 20));
+            }
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(err) => return refuse(format!("reading the answer of {}: {}", model.base_url, err.without_url())),
+        }
+    }
+    let text = redactor.redact(&String::from_utf8_lossy(&bytes));
     let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
     let usage = if (200..300).contains(&status) { usage_of(&body) } else { Usage::default() };
     (WorkerMessage::ModelResponse { id, status, headers: kept, body }, usage)

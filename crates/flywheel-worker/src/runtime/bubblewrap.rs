@@ -7,9 +7,9 @@
 //! disk limit's size); its own work dir at `/work` as the only writable
 //! place; its run dir (the worker's sockets) read-only at `/run/flywheel`;
 //! the flywheel binary read-only at `/opt/flywheel/flywheel`; a clean
-//! environment and no capabilities, as this process's user, or as `nobody`
-//! when this process is root: the agent then starts with only the
-//! capabilities to change its user, drops to `nobody` before it does
+//! environment and no capabilities, as this process's user, or as a user of
+//! its own when this process is root: the agent then starts with only the
+//! capabilities to change its user, drops to that user before it does
 //! anything else, and so has none (nothing in a sandbox is uid 0 of the
 //! host, which even without capabilities may write host-wide settings such
 //! as `/proc/sys/kernel/core_pattern`). The data dir, the database and the
@@ -123,8 +123,8 @@ impl BubblewrapRuntime {
         if self.config.network != SandboxNetwork::Host {
             args.push("--unshare-net".into());
         }
-        if run_as().is_some() {
-            // Only for the agent to drop to `nobody` first thing.
+        if nix::unistd::getuid().is_root() {
+            // Only for the agent to drop to its own user first thing.
             args.extend(["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"].map(String::from));
         }
         for (key, value) in super::sandbox_env(execution, egress_proxy) {
@@ -246,9 +246,9 @@ impl BubblewrapRuntime {
     }
 }
 
-/// The user the agent drops to, when this process is root.
-fn run_as() -> Option<(u32, u32)> {
-    let (uid, gid) = sandbox_user();
+/// The user the agent of `execution` drops to, when this process is root.
+fn run_as(execution: uuid::Uuid) -> Option<(u32, u32)> {
+    let (uid, gid) = sandbox_user(execution);
     (uid != nix::unistd::getuid().as_raw()).then_some((uid, gid))
 }
 
@@ -334,7 +334,7 @@ impl Runtime for BubblewrapRuntime {
     async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         let mut args = self.sandbox_args(&spec.work_dir, &spec.run_dir, &spec.execution.to_string(), spec.egress_proxy);
         args.extend(["--".into(), SANDBOX_EXE.into(), "agent".into(), "--job".into(), SANDBOX_JOB_FILE.into()]);
-        if let Some((uid, gid)) = run_as() {
+        if let Some((uid, gid)) = run_as(spec.execution) {
             args.extend(["--run-as".into(), format!("{uid}:{gid}")]);
         }
         let cgroup =
@@ -345,7 +345,7 @@ impl Runtime for BubblewrapRuntime {
                 None => None,
             };
         let procs = cgroup.as_ref().map(ExecutionCgroup::procs_fds).unwrap_or_default();
-        if let Some(user) = run_as() {
+        if let Some(user) = run_as(spec.execution) {
             super::hand_over(spec, user).await?;
         }
         let mut command = self.command(&args, procs, self.config.limits.disk_bytes);

@@ -96,7 +96,7 @@ impl DockerRuntime {
             super::sandbox_env(&execution, spec.egress_proxy).iter().map(|(k, v)| format!("{k}={v}")).collect();
         let limits = self.config.limits;
         let tmpfs_size = if limits.disk_bytes > 0 { limits.disk_bytes as i64 } else { 512 << 20 }.max(16 << 20);
-        let (uid, gid) = sandbox_user();
+        let (uid, gid) = sandbox_user(spec.execution);
         let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
         let network_mode = match self.config.network {
             SandboxNetwork::Host => self.config.host_network.clone(),
@@ -203,7 +203,7 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         let name = Self::container_name(spec.execution);
-        super::hand_over(spec, sandbox_user()).await?;
+        super::hand_over(spec, sandbox_user(spec.execution)).await?;
         let options = bollard::query_parameters::CreateContainerOptionsBuilder::default().name(&name).build();
         let created =
             self.docker.create_container(Some(options), self.create_body(spec)).await.map_err(|e| match e {

@@ -79,15 +79,22 @@ pub fn sandbox_env(execution: &str, egress_proxy: bool) -> Vec<(&'static str, St
     env
 }
 
+/// The first of the user ids sandboxes get when the server runs as root
+/// (far above any account's, and any subordinate range's).
+pub const SANDBOX_UID_BASE: u32 = 3_000_000_000;
+
 /// The user a sandbox runs as: this process's own, unless it is root, when
-/// sandboxes run as `nobody` (65534), so that nothing in a sandbox is uid 0
-/// of the host (root, even without capabilities, may write host-wide
-/// settings such as `/proc/sys/kernel/core_pattern`).
-pub fn sandbox_user() -> (u32, u32) {
-    const NOBODY: u32 = 65534;
+/// each sandbox runs as a user of its own (one of 65,536 from
+/// [`SANDBOX_UID_BASE`], chosen by the execution's id), so that nothing in
+/// a sandbox is uid 0 of the host (root, even without capabilities, may
+/// write host-wide settings such as `/proc/sys/kernel/core_pattern`) and
+/// sandboxes do not share per-user limits (inotify instances, message
+/// queues) with each other.
+pub fn sandbox_user(execution: Uuid) -> (u32, u32) {
     let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
     if uid == 0 {
-        (NOBODY, NOBODY)
+        let own = SANDBOX_UID_BASE + (execution.as_u128() & 0xffff) as u32;
+        (own, own)
     } else {
         (uid, gid)
     }
