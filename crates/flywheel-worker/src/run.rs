@@ -52,10 +52,15 @@ pub const LOGS_ARTIFACT: &str = "logs.jsonl";
 const STDERR_TAIL: usize = 4096;
 /// Longest line of the sandbox's diagnostics kept.
 const DIAGNOSTIC_LINE: usize = 4096;
-/// Most log entries one execution stores; past it the rest is counted.
+/// Most log entries one execution stores, and bytes of their text; past
+/// either, the rest is counted.
 pub const MAX_LOG_ENTRIES: usize = 100_000;
+pub const MAX_LOG_BYTES: usize = 64 * 1024 * 1024;
 /// Connection log lines of the egress proxy waiting to be stored.
 const EGRESS_LOG_QUEUE: usize = 1024;
+/// How long a sandbox that has ended may still have its agent's
+/// connection waiting to be taken (seen before the connection).
+const QUEUED_CONNECTION_WAIT: Duration = Duration::from_millis(500);
 /// Model calls an agent may ask for per turn it may take (its retries).
 const MODEL_CALLS_PER_TURN: u32 = 3;
 
@@ -136,6 +141,7 @@ async fn run_claimed(deps: &RunDeps, claimed: &ClaimedExecution, work_dir: &Path
         model_calls_left: 0,
         entries_stored: 0,
         entries_dropped: 0,
+        log_bytes: 0,
     };
     let started = match build_job(deps, claimed).await {
         Err(error) => Err(error),
@@ -405,6 +411,7 @@ struct Run<'a> {
     /// Log entries stored (or on their way), and those dropped past [`MAX_LOG_ENTRIES`].
     entries_stored: usize,
     entries_dropped: usize,
+    log_bytes: usize,
 }
 
 /// Most log entries kept in memory while the store is unreachable.
@@ -473,8 +480,16 @@ impl Run<'_> {
                         break End::AgentDone;
                     }
                 },
-                // A sandbox that ends before its agent connected.
-                _ = control.wait(), if channel.is_none() => break End::AgentDone,
+                // A sandbox that ended before this loop took its agent's
+                // connection: the agent may have connected, said everything
+                // and ended in the meantime (a quick run), its connection
+                // and lines still queued; without one, the agent never ran.
+                _ = control.wait(), if channel.is_none() => {
+                    match tokio::time::timeout(QUEUED_CONNECTION_WAIT, &mut accept).await {
+                        Ok(Ok(connected)) => channel = Some(connected),
+                        _ => break End::AgentDone,
+                    }
+                }
                 line = async { channel.as_mut().map(|(events, _)| events) .expect("guarded").next_line().await }, if channel.is_some() => {
                     let Ok(Some(line)) = line else { break End::AgentDone };
                     let mut progress = Progress::default();
@@ -754,7 +769,18 @@ impl Run<'_> {
     /// dropped (one warning says so when the limit is reached, and the end
     /// of the run says how many).
     fn cap_entries(&mut self, progress: &mut Progress) {
-        let room = MAX_LOG_ENTRIES.saturating_sub(self.entries_stored);
+        let mut room = MAX_LOG_ENTRIES.saturating_sub(self.entries_stored);
+        // The log's text counts too.
+        let mut bytes_left = MAX_LOG_BYTES.saturating_sub(self.log_bytes);
+        for (i, entry) in progress.entries.iter().enumerate().take(room) {
+            let size = entry.message.len() + entry.data.as_ref().map_or(0, |d| d.to_string().len());
+            if size > bytes_left {
+                room = i;
+                break;
+            }
+            bytes_left -= size;
+        }
+        self.log_bytes = MAX_LOG_BYTES - bytes_left;
         if progress.entries.len() > room {
             let dropped = progress.entries.len() - room;
             progress.entries.truncate(room);
@@ -762,7 +788,10 @@ impl Run<'_> {
                 progress.entries.push(NewLogEntry::new(
                     LogKind::Log,
                     LogLevel::Warn,
-                    format!("this execution has logged {MAX_LOG_ENTRIES} entries; later ones are not stored"),
+                    format!(
+                        "this execution has logged {MAX_LOG_ENTRIES} entries or {} MiB; later ones are not stored",
+                        MAX_LOG_BYTES >> 20
+                    ),
                 ));
             }
             self.entries_dropped += dropped;
