@@ -246,4 +246,29 @@ mod tests {
             "operators in strings do not count"
         );
     }
+
+    #[test]
+    fn raw_blocks_comments_and_strings_hide_no_tag() {
+        let deep = format!("{{{{ {}1{} }}}}", "(".repeat(5_000), ")".repeat(5_000));
+        for disguise in [
+            "{% raw %}{{{% endraw %}",
+            "{% raw %}{%{% endraw %}",
+            "{# {{ #}",
+            "{# '{{ #}",
+            "{{ '}}' }}",
+            "{{ \"%}\" }}",
+            "{% set x = '%}' %}",
+        ] {
+            let text = format!("{disguise}{deep}");
+            assert!(check_bounds(&text).unwrap_err().contains("deep"), "{disguise}");
+        }
+        // Statements written without a space still open blocks.
+        assert!(check_bounds(&"{% if(1) %}".repeat(40)).is_err());
+        assert!(check_bounds(&"{%if(1)%}".repeat(40)).is_err());
+        // Raw blocks close, names merely starting like keywords are names,
+        // and many raw blocks in a row are fine.
+        assert!(check_bounds(&"{% raw %}{{ x }}{% endraw %}".repeat(100)).is_ok());
+        assert!(check_bounds(&"{{ end }}{{ endless }}{{ iffy }}".repeat(40)).is_ok());
+        assert!(check_bounds(&"{% if a %}x{% endif %}".repeat(100)).is_ok());
+    }
 }

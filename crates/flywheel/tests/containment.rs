@@ -142,6 +142,7 @@ case "$(cat /proc/2/cmdline | tr '\0' ' ')" in "/opt/flywheel/flywheel agent --j
 pattern=$(cat /proc/sys/kernel/core_pattern)
 ( printf '%s' "$pattern" > /proc/sys/kernel/core_pattern ) 2>/dev/null && echo "sysctl: written" || echo "sysctl: refused"
 [ $opened = 0 ] && echo "agent fds: out of reach" || echo "agent fds: opened"
+[ -e /work/job.json ] && echo "job file: there" || echo "job file: gone"
 cat /proc/2/environ >/dev/null 2>&1 && echo "agent environ: readable" || echo "agent environ: hidden"
 for s in /run/flywheel/agent.sock; do
   python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode()+b'\n')" "$s" "$forged" 2>/dev/null && echo "second connection: accepted" || echo "second connection: refused"
@@ -158,6 +159,7 @@ done
     assert!(report.contains("agent fds: out of reach"), "{report}");
     assert!(report.contains("agent environ: hidden"), "{report}");
     assert!(report.contains("second connection: refused"), "{report}");
+    assert!(report.contains("job file: gone"), "the job file (its secrets) outlives the agent's start: {report}");
     assert!(e["output"].get("forged").is_none(), "a forged output was taken: {e:#}");
     assert!(provider.requests().is_empty(), "a forged model request was answered with the server's key");
 }
@@ -215,6 +217,24 @@ async fn the_servers_provider_key_goes_only_to_the_servers_url() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["detail"][0]["loc"], json!(["body", "specification", "agent", "api_key"]));
+    // A model URL that answers without end gets read up to 10 MiB, no more.
+    let flood = FakeProvider::start(
+        "/v1/messages",
+        vec![FakeReply::Ok(json!({"content": [{"type": "text", "text": "x".repeat(12 * 1024 * 1024)}]}))],
+    )
+    .await;
+    server
+        .workflow(
+            "Flooded",
+            json!({"start_url": page, "prompt": "Do it", "agent": {"provider": "anthropic", "base_url": flood.url}}),
+        )
+        .await;
+    let run = id(&server.execute("flooded", json!({})).await);
+    let e = server.wait_terminal(&run, Duration::from_secs(60)).await;
+    assert_eq!(e["status"], "failed", "{e:#}");
+    read_artifact(&server.data_dir, &run, "logs.jsonl").await;
+    let logs = server.get(&format!("/api/executions/{run}/logs")).await.to_string();
+    assert!(format!("{e}{logs}").contains("larger than 10 MiB"), "{e:#} {logs}");
     assert!(configured.requests().is_empty());
 }
 
@@ -275,6 +295,12 @@ async fn deep_templates_are_refused_and_the_server_stays_up() {
         format!("{{{{ 1{} }}}}", "+1".repeat(15_000)),
         format!("{{{{ a{} }}}}", ".b".repeat(30_000)),
         format!("{{{{ a{} }}}}", "|e".repeat(30_000)),
+        // Nesting behind a raw block, a comment or a string that a
+        // hand-made scanner would take for the start of a tag.
+        format!("{{% raw %}}{{{{{{% endraw %}}{{{{ {}1{} }}}}", "(".repeat(5_000), ")".repeat(5_000)),
+        format!("{{# '{{{{ #}}{{{{ {}1 }}}}", "-".repeat(10_000)),
+        format!("{{{{ '}}}}' }}}}{{{{ {}1 }}}}", "-".repeat(10_000)),
+        "{%if(1)%}".repeat(5_000),
     ];
     for (n, attack) in attacks.iter().enumerate() {
         for specification in [
@@ -403,6 +429,71 @@ async fn values_in_shell_commands_are_data_whatever_the_quotes() {
     let run = id(&server.execute("raw", json!({"cmd": "echo one; echo two"})).await);
     let e = server.wait_terminal(&run, Duration::from_secs(30)).await;
     assert_eq!(e["output"]["out"], "one\ntwo");
+}
+
+#[tokio::test]
+async fn shell_values_stay_data_in_expansions_escapes_comments_and_filters() {
+    let server = Server::start(&[]).await;
+    let names =
+        ["$(touch /work/artifacts/pwned)", "x\ntouch /work/artifacts/pwned #", "x\" ; touch /work/artifacts/pwned; \""];
+    // (command, what each run must do: print the value as data, or refuse
+    // with a sentence that says this.)
+    let forms: [(&str, Option<&str>); 7] = [
+        ("printf '%s' {{ input.name | tojson }}", None),
+        ("printf '%s' {{ input.name | e }}", None),
+        ("printf '%s' \"${V:-\"{{ input.name }}\"}\"", Some("${")),
+        ("printf '%s' C:\\{{ input.name }}", Some("backslash")),
+        ("echo start \\\n# {{ input.name }}\necho end", None),
+        ("X=$(# {{ input.name }}\necho hi); printf '%s' \"$X\"", None),
+        ("printf '%s' `# {{ input.name }}\necho hi`", Some("backquotes")),
+    ];
+    for (n, (command, refusal)) in forms.iter().enumerate() {
+        let slug = format!("form-{n}");
+        server.workflow(&slug, json!({"steps": [{"shell": {"command": command, "name": "said"}}]})).await;
+        for name in names {
+            let run = id(&server.execute(&slug, json!({"name": name})).await);
+            let e = server.wait_terminal(&run, Duration::from_secs(30)).await;
+            let (_, files) = everything_of(&server, &run).await;
+            assert!(files.iter().all(|(f, _)| f != "pwned"), "{command} with {name:?} ran the value as code: {e:#}");
+            match refusal {
+                Some(says) if e["status"] == "failed" => {
+                    let message = e["error"]["message"].as_str().unwrap_or_default();
+                    assert!(message.contains(says), "{command}: {message}");
+                }
+                Some(_) => assert!(
+                    e["output"]["said"].as_str().unwrap_or_default().contains(name),
+                    "{command} with {name:?}: {e:#}"
+                ),
+                None => assert_eq!(e["status"], "completed", "{command} with {name:?}: {e:#}"),
+            }
+        }
+    }
+    // A value that is plain passes where only plain values may go.
+    let run = id(&server.execute("form-2", json!({"name": "plain-value_1"})).await);
+    let e = server.wait_terminal(&run, Duration::from_secs(30)).await;
+    assert_eq!(e["output"]["said"], "plain-value_1", "{e:#}");
+    // The job file (secrets, the whole specification) is gone before any
+    // step runs, and the browser never opens a file: URL, whatever the list.
+    server
+        .workflow(
+            "Peek",
+            json!({"steps": [{"shell": {"command": "ls /work; cat /work/job.json 2>&1 | head -c 200", "name": "seen"}}]}),
+        )
+        .await;
+    let run = id(&server.execute("peek", json!({})).await);
+    let e = server.wait_terminal(&run, Duration::from_secs(30)).await;
+    assert_eq!(e["status"], "completed", "{e:#}");
+    let seen = e["output"]["seen"].as_str().unwrap();
+    assert!(seen.contains("No such file") && !seen.contains("job.json\n"), "{seen}");
+    for (n, url) in ["file:///etc/passwd", "view-source:https://example.com/", "chrome://version"].iter().enumerate() {
+        let workflow = server.workflow(&format!("File {n}"), json!({"steps": [{"goto": url}]})).await;
+        let slug = workflow["slug"].as_str().unwrap();
+        let run = id(&server.execute(slug, json!({})).await);
+        let e = server.wait_terminal(&run, Duration::from_secs(60)).await;
+        assert_eq!(e["status"], "failed", "{url}: {e:#}");
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("blocked"), "{url}: {message}");
+    }
 }
 
 #[tokio::test]
@@ -667,6 +758,37 @@ print(tunnels)
     assert!((200..=256).contains(&tunnels), "{tunnels} tunnels were opened");
     assert!(hits.load(std::sync::atomic::Ordering::SeqCst) <= 256);
     assert!(e["logs"].to_string().contains("more than 256 connections at once"), "{e:#}");
+
+    // Headers without end, on a hundred connections: each is cut after
+    // 64 KiB, and the server holds none of them.
+    let endless = format!(
+        r#"python3 -c '
+import socket
+cut = 0
+for i in range(100):
+    s = socket.create_connection(("127.0.0.1", 3128))
+    try:
+        s.sendall(b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nX-Long: " + b"a" * 8000000)
+        answer = s.recv(100)
+        cut += answer == b"" or b" 431 " in answer or b" 400 " in answer
+    except OSError:
+        cut += 1
+    s.close()
+print(cut)
+'"#
+    );
+    server
+        .workflow(
+            "Endless",
+            json!({"url_allowlist": [format!("http://{target}")], "steps": [{"shell": {"command": endless, "name": "cut"}}]}),
+        )
+        .await;
+    let run = id(&server.execute("endless", json!({})).await);
+    let e = server.wait_terminal(&run, Duration::from_secs(120)).await;
+    assert_eq!(e["status"], "completed", "{e:#}");
+    assert_eq!(e["output"]["cut"], "100", "{e:#}");
+    let peak = peak_rss_mib(server.pid());
+    assert!(peak < 200, "the server peaked at {peak} MiB");
 }
 
 #[tokio::test]
