@@ -50,8 +50,10 @@ pub const LOGS_ARTIFACT: &str = "logs.jsonl";
 
 /// Last bytes of the agent's stderr kept to explain a crash.
 const STDERR_TAIL: usize = 4096;
-/// Longest line of the sandbox's diagnostics kept.
+/// Longest line of the sandbox's diagnostics kept, and read (a line is
+/// masked before it is cut: a secret across the cut is still masked).
 const DIAGNOSTIC_LINE: usize = 4096;
+const DIAGNOSTIC_READ: usize = 64 * 1024;
 /// Most log entries one execution stores, and bytes of their text; past
 /// either, the rest is counted.
 pub const MAX_LOG_ENTRIES: usize = 100_000;
@@ -456,7 +458,7 @@ impl Run<'_> {
         // The agent connects first thing; until then there are no events.
         let mut accept = Box::pin(agent.accept());
         let mut channel: Option<(BoundedLines<OwnedReadHalf>, OwnedWriteHalf)> = None;
-        let mut stderr = BoundedLines::new(diagnostics, DIAGNOSTIC_LINE);
+        let mut stderr = BoundedLines::new(diagnostics, DIAGNOSTIC_READ);
         let mut stderr_tail = String::new();
         let limits = claimed.record.limits;
         let started_at = claimed.record.started_at.unwrap_or_else(now_ms);
@@ -544,7 +546,7 @@ impl Run<'_> {
                         let mut entries = Vec::new();
                         let mut next = Some(line);
                         while let Some(line) = next.take() {
-                            let text = diagnostic_text(line);
+                            let text = diagnostic_text(line, &self.redactor);
                             push_tail(&mut stderr_tail, &text);
                             // Untrusted text (any process of the sandbox may
                             // write there): marked as the sandbox's, never
@@ -605,7 +607,7 @@ impl Run<'_> {
             self.keepalive =
                 Some(KeepLeaseAlive::start(self.deps.store.clone(), self.lease.clone(), self.deps.config.lease));
         }
-        drain_stderr(&mut stderr, &mut stderr_tail, stderr_open).await;
+        drain_stderr(&mut stderr, &mut stderr_tail, stderr_open, &self.redactor).await;
         // What the proxy logged last (connections that closed with the sandbox).
         let mut entries: Vec<NewLogEntry> = std::iter::from_fn(|| egress_entries.try_recv().ok()).collect();
         if end == End::AgentDone && !self.state.started {
@@ -1052,13 +1054,18 @@ fn push_tail(tail: &mut String, line: &str) {
 }
 
 /// Reads what is left on stderr once the sandbox is gone (bounded in time).
-async fn drain_stderr<R: tokio::io::AsyncRead + Unpin>(stderr: &mut BoundedLines<R>, tail: &mut String, open: bool) {
+async fn drain_stderr<R: tokio::io::AsyncRead + Unpin>(
+    stderr: &mut BoundedLines<R>,
+    tail: &mut String,
+    open: bool,
+    redactor: &Redactor,
+) {
     if !open {
         return;
     }
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while let Ok(Some(line)) = stderr.next_line().await {
-            push_tail(tail, &diagnostic_text(line));
+            push_tail(tail, &diagnostic_text(line, redactor));
         }
     })
     .await;
@@ -1073,12 +1080,19 @@ fn batch_is_full(progress: &Progress) -> bool {
         || progress.entries.iter().map(|e| e.message.len()).sum::<usize>() >= BATCH_BYTES
 }
 
-/// A line of diagnostics as text, saying so when it was cut.
-fn diagnostic_text(line: Line) -> String {
-    match line.cut_from {
-        Some(len) => format!("{} …[a line of {len} bytes, cut]", line.text),
-        None => line.text,
+/// A line of diagnostics as text, masked, then cut to [`DIAGNOSTIC_LINE`]
+/// (saying so when it was cut).
+fn diagnostic_text(line: Line, redactor: &Redactor) -> String {
+    let whole = line.cut_from.unwrap_or(line.text.len());
+    let masked = if redactor.is_empty() { line.text } else { redactor.redact(&line.text) };
+    if masked.len() <= DIAGNOSTIC_LINE && line.cut_from.is_none() {
+        return masked;
     }
+    let mut end = DIAGNOSTIC_LINE.min(masked.len());
+    while !masked.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} …[a line of {whole} bytes, cut]", &masked[..end])
 }
 
 /// A file's bytes, masked a chunk at a time (a secret split between two
@@ -1112,5 +1126,17 @@ mod tests {
         ]});
         assert_eq!(referenced_secrets(&spec), ["API_KEY", "PORTAL_PASSWORD", "TOKEN"]);
         assert!(referenced_secrets(&serde_json::json!({"prompt": "no secrets here"})).is_empty());
+    }
+
+    #[test]
+    fn a_diagnostic_line_is_masked_before_it_is_cut() {
+        let redactor = Redactor::new(["sk-secret-across-the-cut".to_owned()]);
+        let text = format!("{}sk-secret-across-the-cut{}", "a".repeat(DIAGNOSTIC_LINE - 5), "b".repeat(100));
+        let len = text.len();
+        let shown = diagnostic_text(Line { text, cut_from: None }, &redactor);
+        assert!(!shown.contains("sk-se"), "{}", &shown[DIAGNOSTIC_LINE - 10..]);
+        assert!(shown.ends_with(&format!("…[a line of {len} bytes, cut]")));
+        let short = diagnostic_text(Line { text: "ok sk-secret-across-the-cut".into(), cut_from: None }, &redactor);
+        assert_eq!(short, "ok ***");
     }
 }
