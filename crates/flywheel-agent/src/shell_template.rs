@@ -63,7 +63,22 @@ enum Context {
     /// nest there differs from shell to shell, so only plain values may go in.
     Parameter(usize),
     Backquote,
+    /// Inside `[[ … ]]`, or the arguments of `let` or `(( … ))` as a
+    /// command: shells such as bash evaluate their operands as arithmetic
+    /// (`a[$(id)]` runs `id`), quoted or not, so only plain values may go in.
+    Evaluated(Evaluated),
     HereDoc(HereDoc),
+}
+
+/// What ends an [`Context::Evaluated`] part.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Evaluated {
+    /// `]]`
+    Test,
+    /// `))`
+    Arithmetic,
+    /// The end of the command (`let`).
+    Let,
 }
 
 /// A here-document being read.
@@ -120,6 +135,12 @@ fn escape_in(value: &str, stack: &[Context]) -> Result<String, String> {
             "a value inside backquotes must be plain (letters, digits and ._/:@%+,-=), not {value:?}; use $( … ) instead"
         ));
     }
+    if stack.iter().any(|c| matches!(c, Context::Evaluated(_))) && !value.is_empty() && !plainly_safe(value) {
+        return Err(format!(
+            "a value inside [[ … ]], (( … )) or let must be plain (letters, digits and ._/:@%+,-=), not {value:?}: \
+             some shells evaluate it as code there"
+        ));
+    }
     if stack.iter().any(|c| matches!(c, Context::Parameter(_))) && !value.is_empty() && !plainly_safe(value) {
         return Err(format!(
             "a value inside ${{ … }} must be plain (letters, digits and ._/:@%+,-=), not {value:?}; \
@@ -136,6 +157,7 @@ fn escape(value: &str, context: &Context) -> String {
         | Context::Substitution(_)
         | Context::Backquote
         | Context::Arithmetic(_)
+        | Context::Evaluated(_)
         | Context::Parameter(_) => single_quoted(value),
         Context::Single => value.replace('\'', r"'\''"),
         Context::Double => escape_with_backslash(value, &['\\', '$', '`', '"']),
@@ -156,12 +178,28 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
     let mut doc_line = String::new();
     let mut doc_line_has_value = false;
     let mut at_word_start = true;
+    // After `$'…'` (ANSI-C quoting, read differently by dash and bash) no
+    // quoting that follows can be trusted.
+    let mut ansi_c_quotes = false;
+    // After `case` inside `$( … )`, whose patterns' `)` can be read two
+    // ways, neither.
+    let mut case_in_substitution = false;
     let mut i = 0;
     while i < rendered.len() {
         let rest = &rendered[i..];
         let context = stack.last().cloned().unwrap_or(Context::Unquoted);
         if let Some((index, len)) = read_placeholder(rest, nonce) {
             let value = values.get(index).ok_or("a template value went missing")?;
+            if ansi_c_quotes {
+                return Err("a value cannot follow $'…' quoting in a command (shells read it differently); \
+                     put the value in a variable first (env:)"
+                    .into());
+            }
+            if case_in_substitution {
+                return Err("a value cannot follow `case` inside $( … ) (its patterns' `)` can be read two ways); \
+                     put the value in a variable first (env:)"
+                    .into());
+            }
             let escaped = escape_in(value, &stack)?;
             if let Context::HereDoc(doc) = &context {
                 for c in escaped.chars() {
@@ -191,6 +229,19 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
         if c == '\\' && value_next && backslash_escapes {
             return Err("a value cannot follow a backslash: put a space or a quote between them".into());
         }
+        // `$` then a value: `${…}`, `$'…'` or `$VAR@P` would be the value's to pick.
+        if c == '$' && value_next && backslash_escapes {
+            return Err("a value cannot follow a $: put a space or a quote between them".into());
+        }
+        // Whether this character closes a substitution: what follows it
+        // continues the same word.
+        let mut closes_word_part = false;
+        // `let`'s arguments end with its command; what ends it is then read
+        // in the context around it.
+        if context == Context::Evaluated(Evaluated::Let) && matches!(c, ';' | '&' | '|' | '\n' | ')') {
+            stack.pop();
+            continue;
+        }
         let next = if value_next { None } else { after.chars().next() };
         let mut advance = c.len_utf8();
         match &context {
@@ -202,6 +253,9 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
             Context::Comment => {
                 if c == '\n' {
                     stack.pop();
+                    if stack.last() == Some(&Context::Evaluated(Evaluated::Let)) {
+                        stack.pop();
+                    }
                     if let Some(doc) = start_pending(&mut pending) {
                         stack.push(Context::HereDoc(doc));
                     }
@@ -249,6 +303,7 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
                 ')' if rest.starts_with("))") => {
                     advance += 1;
                     stack.pop();
+                    closes_word_part = true;
                 }
                 _ => {}
             },
@@ -296,11 +351,42 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
                 '`' => stack.push(Context::Backquote),
                 _ => {}
             },
-            Context::Unquoted | Context::Substitution(_) | Context::Backquote => match c {
+            Context::Unquoted | Context::Substitution(_) | Context::Backquote | Context::Evaluated(_) => match c {
+                ']' if context == Context::Evaluated(Evaluated::Test) && rest.starts_with("]]") => {
+                    advance += 1;
+                    stack.pop();
+                }
+                ')' if context == Context::Evaluated(Evaluated::Arithmetic) && rest.starts_with("))") => {
+                    advance += 1;
+                    stack.pop();
+                }
                 '\\' => advance += next.map_or(0, char::len_utf8),
+                '$' if next == Some('\'') => {
+                    ansi_c_quotes = true;
+                    advance += 1;
+                    stack.push(Context::Single);
+                }
                 '\'' => stack.push(Context::Single),
                 '"' => stack.push(Context::Double),
                 '#' if at_word_start => stack.push(Context::Comment),
+                'c' if at_word_start
+                    && stack.iter().any(|c| matches!(c, Context::Substitution(_)))
+                    && starts_word(rest, "case") =>
+                {
+                    case_in_substitution = true;
+                }
+                '[' if at_word_start && starts_word(rest, "[[") => {
+                    advance += 1;
+                    stack.push(Context::Evaluated(Evaluated::Test));
+                }
+                '(' if at_word_start && rest.starts_with("((") => {
+                    advance += 1;
+                    stack.push(Context::Evaluated(Evaluated::Arithmetic));
+                }
+                'l' if at_word_start && starts_word(rest, "let") => {
+                    advance += 2;
+                    stack.push(Context::Evaluated(Evaluated::Let));
+                }
                 '$' if next == Some('{') => {
                     advance += 1;
                     stack.push(Context::Parameter(0));
@@ -315,6 +401,7 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
                 }
                 '`' if context == Context::Backquote => {
                     stack.pop();
+                    closes_word_part = true;
                 }
                 '`' => stack.push(Context::Backquote),
                 '(' => {
@@ -325,6 +412,7 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
                 ')' => match stack.last_mut() {
                     Some(Context::Substitution(0)) => {
                         stack.pop();
+                        closes_word_part = true;
                     }
                     Some(Context::Substitution(depth)) => *depth -= 1,
                     _ => {}
@@ -351,11 +439,24 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
         // follows continues whatever came before it.
         if consumed != "\\\n" {
             let last = consumed.chars().last().unwrap_or(c);
-            at_word_start = last.is_whitespace() || matches!(last, ';' | '&' | '|' | '(' | ')' | '<' | '>' | '`');
+            // An escaped character, and the end of `$( … )`, `$(( … ))` or
+            // backquotes, are part of a word: a `#` after them is no comment.
+            let escaped = c == '\\' && consumed.len() > 1;
+            at_word_start = !escaped
+                && !closes_word_part
+                && (last.is_whitespace() || matches!(last, ';' | '&' | '|' | '(' | ')' | '<' | '>' | '`'));
         }
         i += advance;
     }
     Ok(out)
+}
+
+/// Whether `text` starts with the word `word` (followed by a blank, an
+/// operator or the end).
+fn starts_word(text: &str, word: &str) -> bool {
+    text.strip_prefix(word).is_some_and(|after| {
+        after.chars().next().is_none_or(|c| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '<' | '>'))
+    })
 }
 
 /// The first here-document announced, if any, now that its line ended.
@@ -441,6 +542,20 @@ mod tests {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs `script` with every shell of the machine that a host's `/bin/sh`
+    /// may be (dash, bash, busybox).
+    fn every_shell(script: &str) {
+        for shell in ["/bin/sh", "/bin/dash", "/bin/bash", "/bin/busybox"] {
+            if std::path::Path::new(shell).exists() {
+                let mut command = std::process::Command::new(shell);
+                if shell.ends_with("busybox") {
+                    command.arg("sh");
+                }
+                let _ = command.arg("-c").arg(script).output().unwrap();
+            }
+        }
+    }
+
     /// Values that run `touch M` if they are taken for code.
     const HOSTILE: &[&str] = &[
         "x'; touch M; echo '",
@@ -454,6 +569,10 @@ mod tests {
         "x\ntouch M",
         "x\ntouch M #",
         "$(touch M) '",
+        "1; touch M",
+        "\\'; touch M; #",
+        "{PATH@P}",
+        "a[$(touch M)]",
         "",
     ];
 
@@ -493,16 +612,29 @@ mod tests {
                 "echo start \\\n# @0\necho end",
                 "X=$(# @0\necho hi); printf '%s' \"$X\"",
                 "echo `# @0\necho hi`",
+                "echo build-$(echo 1)#@0",
+                "echo Ticket\\ #@0",
+                "echo $((1))#@0",
+                "echo `echo 1`#@0",
+                "R=\"$(case \"$X\" in *) echo @0;; esac)\"; printf '%s' \"$R\"",
+                "echo $@0",
+                "echo \"$@0\"",
+                "echo $'it\\'s' @0",
+                "[[ @0 -gt 5 ]] && echo big",
+                "let x=@0; echo $x",
+                "(( x << 2 )); echo @0",
+                "let x=1 # it's\necho @0",
+                "echo $(let x=1) @0",
             ] {
                 match quote(template, &[&value]) {
                     Ok(script) => {
-                        sh(&script);
+                        every_shell(&script);
                         assert!(!marker.exists(), "{template} with {value:?} ran code: {script:?}");
                     }
                     // Refusing is fine too (a value that would end a here-document,
                     // a value that cannot be data in arithmetic or backquotes).
                     Err(err) => assert!(
-                        ["here-document", "whole number", "backquotes", "${", "backslash"]
+                        ["here-document", "whole number", "backquotes", "${", "backslash", "a $", "case", "let", "$'"]
                             .iter()
                             .any(|w| err.contains(w)),
                         "{err}"

@@ -105,10 +105,11 @@ impl Allowlist {
     }
 
     /// Whether `url` may be loaded. Only web URLs ever may (`file:`,
-    /// `chrome:`, `view-source:` never), whatever the list.
+    /// `chrome:`, `view-source:`, `about:` pages other than `about:blank`
+    /// never), whatever the list.
     pub fn allows(&self, url: &str) -> bool {
         let Ok(url) = Url::parse(url) else { return false };
-        if matches!(url.scheme(), "data" | "blob" | "about") {
+        if matches!(url.scheme(), "data" | "blob") || matches!(url.as_str(), "about:blank" | "about:srcdoc") {
             return true;
         }
         if !SCHEMES.contains(&url.scheme()) {
@@ -123,9 +124,10 @@ impl Allowlist {
         // (Also full-width and overlong dots and slashes, and `..;`, which
         // some servers resolve as `..`.)
         let lower_path = url.path().to_ascii_lowercase();
-        let encoded_escape =
-            ["%2f", "%5c", "%2e", "%ef%bc%8e", "%ef%bc%8f", "%c0%ae", "%c0%af"].iter().any(|e| lower_path.contains(e))
-                || url.path_segments().is_some_and(|mut segments| segments.any(|s| s.starts_with("..")));
+        let encoded_escape = ["%2f", "%5c", "%2e", "%ef%bc%8e", "%ef%bc%8f", "%c0%ae", "%c0%af", "%25", "%u"]
+            .iter()
+            .any(|e| lower_path.contains(e))
+            || url.path_segments().is_some_and(|mut segments| segments.any(|s| s.starts_with("..")));
         self.entries.iter().any(|entry| match entry {
             Entry::Origin { scheme, port, path, .. } => {
                 url.scheme() == scheme
@@ -197,6 +199,9 @@ mod tests {
             ["file:///work/job.json", "chrome://version", "view-source:https://a.example/", "javascript:alert(1)"]
         {
             assert!(!list(&[]).allows(never) && !allow.allows(never), "{never}");
+        }
+        for never in ["about:version", "about:settings", "about:blank#x"] {
+            assert!(!list(&[]).allows(never), "{never}");
         }
         assert!(Allowlist::new(&["https://".to_owned()]).is_err());
     }

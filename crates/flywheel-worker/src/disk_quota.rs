@@ -35,6 +35,9 @@ pub struct Usage {
     pub entries: u64,
     /// Directories nest deeper than [`MAX_DEPTH`].
     pub too_deep: bool,
+    /// A directory could not be opened, even after giving its owner
+    /// read and search rights back: what it holds is unknown.
+    pub unreadable: bool,
 }
 
 /// What is under `dir`, not following links and relative to directory
@@ -76,8 +79,30 @@ fn walk(mut dir: Dir, depth: usize, limit: u64, found: &mut Usage) -> bool {
         return true;
     }
     for name in subdirs {
-        if let Ok(sub) = Dir::openat(Some(fd), name.as_c_str(), dir_flags(), Mode::empty()) {
-            if walk(sub, depth + 1, limit, found) {
+        let mut opened = Dir::openat(Some(fd), name.as_c_str(), dir_flags(), Mode::empty());
+        if opened.is_err() {
+            // A directory the sandbox closed to its own user (`chmod 300`)
+            // would hide what it holds: it is opened up (the worker's user
+            // owns it, or is root), and counted as the limit if it still
+            // cannot be read.
+            let _ = nix::sys::stat::fchmodat(
+                Some(fd),
+                name.as_c_str(),
+                Mode::from_bits_truncate(0o700),
+                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+            );
+            opened = Dir::openat(Some(fd), name.as_c_str(), dir_flags(), Mode::empty());
+        }
+        match opened {
+            Ok(sub) => {
+                if walk(sub, depth + 1, limit, found) {
+                    return true;
+                }
+            }
+            // Gone, or no longer a directory, since it was listed.
+            Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP) => {}
+            Err(_) => {
+                found.unreadable = true;
                 return true;
             }
         }
@@ -120,6 +145,12 @@ pub async fn check(dir: PathBuf, limit: u64, pids: Vec<i32>) -> Option<String> {
     let mib = limit / (1024 * 1024);
     if found.bytes.saturating_add(held) >= limit {
         return Some(format!("the sandbox filled its disk limit of {mib} MiB in /work (--sandbox-disk)"));
+    }
+    if found.unreadable {
+        return Some(
+            "the sandbox made a directory in /work that cannot be measured, past what its disk limit allows (--sandbox-disk)"
+                .to_owned(),
+        );
     }
     if found.too_deep {
         return Some(format!(
@@ -202,5 +233,12 @@ mod tests {
             .status()
             .unwrap();
         assert!(usage(tree.path(), u64::MAX).too_deep);
+        // A directory closed to its owner is opened up and measured.
+        let closed = tempfile::tempdir().unwrap();
+        std::fs::create_dir(closed.path().join("h")).unwrap();
+        std::fs::write(closed.path().join("h/f"), vec![1u8; 200_000]).unwrap();
+        std::fs::set_permissions(closed.path().join("h"), std::os::unix::fs::PermissionsExt::from_mode(0o300)).unwrap();
+        let found = usage(closed.path(), u64::MAX);
+        assert!(found.bytes > 200_000 && !found.unreadable, "{found:?}");
     }
 }

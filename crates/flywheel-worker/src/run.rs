@@ -53,7 +53,7 @@ const STDERR_TAIL: usize = 4096;
 /// Longest line of the sandbox's diagnostics kept, and read (a line is
 /// masked before it is cut: a secret across the cut is still masked).
 const DIAGNOSTIC_LINE: usize = 4096;
-const DIAGNOSTIC_READ: usize = 64 * 1024;
+const DIAGNOSTIC_READ: usize = 256 * 1024;
 /// Most log entries one execution stores, and bytes of their text; past
 /// either, the rest is counted.
 pub const MAX_LOG_ENTRIES: usize = 100_000;
@@ -771,7 +771,9 @@ impl Run<'_> {
     /// dropped (one warning says so when the limit is reached, and the end
     /// of the run says how many).
     fn cap_entries(&mut self, progress: &mut Progress) {
-        let mut room = MAX_LOG_ENTRIES.saturating_sub(self.entries_stored);
+        // Once anything was dropped, everything later is too: the log
+        // says where it stopped, and stops there.
+        let mut room = if self.entries_dropped > 0 { 0 } else { MAX_LOG_ENTRIES.saturating_sub(self.entries_stored) };
         // The log's text counts too.
         let mut bytes_left = MAX_LOG_BYTES.saturating_sub(self.log_bytes);
         for (i, entry) in progress.entries.iter().enumerate().take(room) {

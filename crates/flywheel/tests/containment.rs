@@ -438,7 +438,7 @@ async fn shell_values_stay_data_in_expansions_escapes_comments_and_filters() {
         ["$(touch /work/artifacts/pwned)", "x\ntouch /work/artifacts/pwned #", "x\" ; touch /work/artifacts/pwned; \""];
     // (command, what each run must do: print the value as data, or refuse
     // with a sentence that says this.)
-    let forms: [(&str, Option<&str>); 7] = [
+    let forms: [(&str, Option<&str>); 10] = [
         ("printf '%s' {{ input.name | tojson }}", None),
         ("printf '%s' {{ input.name | e }}", None),
         ("printf '%s' \"${V:-\"{{ input.name }}\"}\"", Some("${")),
@@ -446,6 +446,9 @@ async fn shell_values_stay_data_in_expansions_escapes_comments_and_filters() {
         ("echo start \\\n# {{ input.name }}\necho end", None),
         ("X=$(# {{ input.name }}\necho hi); printf '%s' \"$X\"", None),
         ("printf '%s' `# {{ input.name }}\necho hi`", Some("backquotes")),
+        ("echo build-$(echo 1)#{{ input.name }}", None),
+        ("R=\"$(case x in *) echo {{ input.name }};; esac)\"; printf '%s' \"$R\"", Some("case")),
+        ("printf '%s' Ticket\\ #{{ input.name }}", None),
     ];
     for (n, (command, refusal)) in forms.iter().enumerate() {
         let slug = format!("form-{n}");

@@ -147,7 +147,8 @@ impl BubblewrapRuntime {
             args.extend(["--ro-bind-try".into(), (*file).to_owned(), (*file).to_owned()]);
         }
         // Directories bwrap makes for mount points are its user's alone
-        // (0700): the agent, as `nobody`, must be able to pass through them.
+        // (0700): the agent, as the sandbox's own user, must be able to pass
+        // through them.
         let mut made = std::collections::BTreeSet::new();
         let mut open_parents = |args: &mut Vec<String>, dest: &Path| {
             for parent in dest.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {

@@ -84,7 +84,7 @@ pub fn sandbox_env(execution: &str, egress_proxy: bool) -> Vec<(&'static str, St
 pub const SANDBOX_UID_BASE: u32 = 3_000_000_000;
 
 /// The user a sandbox runs as: this process's own, unless it is root, when
-/// each sandbox runs as a user of its own (one of 65,536 from
+/// each sandbox runs as a user of its own (one of 2^30 from
 /// [`SANDBOX_UID_BASE`], chosen by the execution's id), so that nothing in
 /// a sandbox is uid 0 of the host (root, even without capabilities, may
 /// write host-wide settings such as `/proc/sys/kernel/core_pattern`) and
@@ -93,7 +93,10 @@ pub const SANDBOX_UID_BASE: u32 = 3_000_000_000;
 pub fn sandbox_user(execution: Uuid) -> (u32, u32) {
     let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
     if uid == 0 {
-        let own = SANDBOX_UID_BASE + (execution.as_u128() & 0xffff) as u32;
+        // 30 random bits of the id (a v7 id's last bits are random): two
+        // of a few hundred runs at once share a user about once in 10,000
+        // times those runs.
+        let own = SANDBOX_UID_BASE + (execution.as_u128() & 0x3fff_ffff) as u32;
         (own, own)
     } else {
         (uid, gid)
