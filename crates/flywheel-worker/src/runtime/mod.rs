@@ -79,12 +79,15 @@ pub fn sandbox_env(execution: &str, egress_proxy: bool) -> Vec<(&'static str, St
     env
 }
 
-/// The first of the user ids sandboxes get when the server runs as root
-/// (far above any account's, and any subordinate range's).
-pub const SANDBOX_UID_BASE: u32 = 3_000_000_000;
+/// The first of the user ids sandboxes get when the server runs as root:
+/// 0x70000000, far above any account's and the usual subordinate ranges,
+/// and (with [`SANDBOX_UID_BITS`]) below 2^31, the most Docker accepts.
+pub const SANDBOX_UID_BASE: u32 = 0x7000_0000;
+/// Random bits of the execution id a sandbox's user id takes.
+const SANDBOX_UID_BITS: u32 = 27;
 
 /// The user a sandbox runs as: this process's own, unless it is root, when
-/// each sandbox runs as a user of its own (one of 2^30 from
+/// each sandbox runs as a user of its own (one of 2^27 from
 /// [`SANDBOX_UID_BASE`], chosen by the execution's id), so that nothing in
 /// a sandbox is uid 0 of the host (root, even without capabilities, may
 /// write host-wide settings such as `/proc/sys/kernel/core_pattern`) and
@@ -93,14 +96,18 @@ pub const SANDBOX_UID_BASE: u32 = 3_000_000_000;
 pub fn sandbox_user(execution: Uuid) -> (u32, u32) {
     let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
     if uid == 0 {
-        // 30 random bits of the id (a v7 id's last bits are random): two
-        // of a few hundred runs at once share a user about once in 10,000
-        // times those runs.
-        let own = SANDBOX_UID_BASE + (execution.as_u128() & 0x3fff_ffff) as u32;
+        // Random bits of the id (a v7 id's last bits are random): two of
+        // 300 runs at once share a user about once in 3,000 times.
+        let own = own_uid(execution);
         (own, own)
     } else {
         (uid, gid)
     }
+}
+
+/// The user id of an execution's sandbox under a root server.
+fn own_uid(execution: Uuid) -> u32 {
+    SANDBOX_UID_BASE + (execution.as_u128() & ((1 << SANDBOX_UID_BITS) - 1)) as u32
 }
 
 /// Gives `dir` and everything in it to `uid:gid` (when it is not theirs
@@ -204,5 +211,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// Returns how many were removed.
     async fn reconcile(&self, _store: &dyn flywheel_store::Store, _running_here: &[Uuid]) -> anyhow::Result<usize> {
         Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_users_are_far_from_accounts_and_within_what_docker_accepts() {
+        for id in [Uuid::nil(), Uuid::max(), Uuid::now_v7()] {
+            let uid = own_uid(id);
+            assert!(uid >= 0x7000_0000 && uid <= i32::MAX as u32, "{uid}");
+        }
+        assert_ne!(own_uid(Uuid::from_u128(1)), own_uid(Uuid::from_u128(2)));
     }
 }
