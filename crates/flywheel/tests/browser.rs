@@ -410,6 +410,18 @@ async fn downloads_become_artifacts() {
     assert_eq!(csv["kind"], "download");
     let text = reqwest::get(csv["url"].as_str().unwrap()).await.unwrap().text().await.unwrap();
     assert_eq!(text, "a,b\n1,2\n");
+
+    // A download still coming when the steps end is waited for, whole.
+    server
+        .workflow(
+            "Slow download",
+            json!({"start_url": format!("{}/slow", fixture.url), "steps": [{"click": {"text": "Slow report"}}, {"wait": 0.5}]}),
+        )
+        .await;
+    let id = id_of(server.execute("slow-download", json!({})).await);
+    let e = server.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(e["status"], "completed", "{e:#}");
+    assert_eq!(read_artifact(&server.data_dir, &id, "slow.csv").await, "a,b\n1,2\n", "{e:#}");
 }
 
 #[tokio::test]

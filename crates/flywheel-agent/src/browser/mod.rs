@@ -64,6 +64,8 @@ struct PageState {
     url: Mutex<String>,
     /// Why the egress proxy refused the main frame's last document, if it did.
     refused: Mutex<Option<String>>,
+    /// Downloads begun and not yet completed or canceled.
+    downloading: watch::Sender<usize>,
 }
 
 /// The one page of an execution.
@@ -75,6 +77,9 @@ pub struct Page {
     pub width: u32,
     pub height: u32,
 }
+
+/// How long the end of a run waits for downloads in progress.
+const DOWNLOAD_GRACE: Duration = Duration::from_secs(10);
 
 pub struct Browser {
     cdp: Arc<Cdp>,
@@ -229,7 +234,12 @@ impl Browser {
         let attached = cdp.call("Target.attachToTarget", json!({"targetId": target_id, "flatten": true}), None).await?;
         let session = attached["sessionId"].as_str().context("no session id")?.to_owned();
         let (loading, _) = watch::channel(false);
-        let state = Arc::new(PageState { loading, url: Mutex::new("about:blank".into()), refused: Mutex::new(None) });
+        let state = Arc::new(PageState {
+            loading,
+            url: Mutex::new("about:blank".into()),
+            refused: Mutex::new(None),
+            downloading: watch::channel(0).0,
+        });
         let frame_tree = cdp.call("Page.getFrameTree", json!({}), Some(&session)).await?;
         let main_frame = frame_tree["frameTree"]["frame"]["id"].as_str().unwrap_or_default().to_owned();
         let watcher = tokio::spawn(watch_events(
@@ -280,6 +290,20 @@ impl Browser {
     /// Finishes the recording, then closes the browser. Returns the
     /// video's duration if there is one.
     pub async fn close(mut self) -> anyhow::Result<Option<f64>> {
+        // A download the run started is not cut off by the run's end (up to
+        // a bound: a download that never ends does not hold the run).
+        let mut downloading = self.page.state.downloading.subscribe();
+        if *downloading.borrow() > 0 {
+            let cut_off = tokio::time::timeout(DOWNLOAD_GRACE, downloading.wait_for(|n| *n == 0)).await.is_err();
+            if cut_off {
+                let n = *downloading.borrow();
+                self.emitter.log(
+                    "warn",
+                    format!("{n} download(s) still in progress after {} s were cut off", DOWNLOAD_GRACE.as_secs()),
+                    None,
+                );
+            }
+        }
         let recorded = match self.recorder.take() {
             Some(recorder) => recorder.finish().await,
             None => Ok(None),
@@ -424,13 +448,19 @@ async fn watch_events(
             "Browser.downloadWillBegin" => {
                 if let (Some(guid), Some(name)) = (p["guid"].as_str(), p["suggestedFilename"].as_str()) {
                     downloads.insert(guid.to_owned(), name.to_owned());
+                    state.downloading.send_replace(downloads.len());
                 }
             }
-            "Browser.downloadProgress" if p["state"] == "completed" => {
+            "Browser.downloadProgress" if p["state"] == "completed" || p["state"] == "canceled" => {
                 if let Some(name) = p["guid"].as_str().and_then(|g| downloads.remove(g)) {
-                    emitter.log("info", format!("downloaded {name}"), None);
-                    emitter.send(&AgentEvent::Artifact { name, kind: "download".into(), step: None });
+                    if p["state"] == "completed" {
+                        emitter.log("info", format!("downloaded {name}"), None);
+                        emitter.send(&AgentEvent::Artifact { name, kind: "download".into(), step: None });
+                    } else {
+                        emitter.log("warn", format!("the download of {name} was canceled"), None);
+                    }
                 }
+                state.downloading.send_replace(downloads.len());
             }
             _ => {}
         }

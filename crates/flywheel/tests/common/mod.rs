@@ -456,6 +456,31 @@ impl Fixture {
                         .into_response()
                 }),
             )
+            // A download whose body takes two seconds to come.
+            .route(
+                "/slow",
+                get(|| async { html(r#"<a href="/slow-download">Slow report</a>"#.to_owned()) }),
+            )
+            .route(
+                "/slow-download",
+                get(|| async {
+                    let body = futures::stream::unfold(0, |part| async move {
+                        match part {
+                            0 => Some((Ok::<_, std::io::Error>("a,b\n".to_owned()), 1)),
+                            1 => {
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                                Some((Ok("1,2\n".to_owned()), 2))
+                            }
+                            _ => None,
+                        }
+                    });
+                    (
+                        [("content-type", "text/csv"), ("content-disposition", "attachment; filename=\"slow.csv\"")],
+                        axum::body::Body::from_stream(body),
+                    )
+                        .into_response()
+                }),
+            )
             .fallback(get(|| async { html("<h1>fixture</h1>".to_owned()) }))
             .layer(axum::middleware::from_fn({
                 let hits = hits.clone();
