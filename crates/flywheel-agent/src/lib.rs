@@ -410,9 +410,13 @@ async fn run_step_list(ctx: &mut RunContext, raw_steps: &[Value]) -> bool {
                 });
                 if let Some(browser) = &ctx.browser {
                     // A page that is still committing an error page refuses
-                    // one capture now and then; one more try settles it.
+                    // captures for a moment (longer on a busy machine):
+                    // tries again for up to two seconds.
                     let mut shot = browser.page.screenshot(false).await;
-                    if shot.is_err() {
+                    for _ in 0..8 {
+                        if shot.is_ok() {
+                            break;
+                        }
                         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                         shot = browser.page.screenshot(false).await;
                     }

@@ -49,6 +49,29 @@
       window.__flywheelTarget = el;
       return Object.assign({ state: 'ok', x: r.left + r.width / 2, y: r.top + r.height / 2 }, describe(el));
     },
+    // Until unguardClick(), mouse events that land outside the marked
+    // element (the page moved under the pointer since it was located) are
+    // stopped and noted, so that a click never acts on another element.
+    guardClick() {
+      const target = window.__flywheelTarget;
+      window.__flywheelMissed = false;
+      const check = (ev) => {
+        if (!target || (ev.target instanceof Node && target.contains(ev.target))) return;
+        window.__flywheelMissed = true;
+        ev.preventDefault();
+        ev.stopImmediatePropagation();
+      };
+      const types = ['pointerdown', 'mousedown', 'pointerup', 'mouseup', 'click', 'dblclick', 'auxclick', 'contextmenu'];
+      for (const type of types) window.addEventListener(type, check, { capture: true });
+      window.__flywheelUnguard = () => {
+        for (const type of types) window.removeEventListener(type, check, { capture: true });
+        return window.__flywheelMissed ? 'missed' : 'ok';
+      };
+      return 'ok';
+    },
+    unguardClick() {
+      return window.__flywheelUnguard ? window.__flywheelUnguard() : 'ok';
+    },
     // Focuses the marked element and selects its content (so typing replaces it).
     prepareTyping(append) {
       const el = window.__flywheelTarget;

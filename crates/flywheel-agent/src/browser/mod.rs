@@ -587,6 +587,33 @@ impl Page {
         }
     }
 
+    /// Locates `target` and clicks it. When the page moves between the two
+    /// (a late element pushes it down) and the click would land on another
+    /// element, that click is stopped in the page and the target located
+    /// and clicked again, until the deadline.
+    pub async fn click_element(
+        &self,
+        target: &Target,
+        button: &str,
+        count: u32,
+        deadline: Instant,
+    ) -> anyhow::Result<Located> {
+        loop {
+            let el = self.locate(target, true, deadline).await?;
+            let guarded = self.dom("guardClick()").await.is_ok();
+            self.click(el.x, el.y, button, count).await?;
+            // A click that navigated leaves no page to ask: it landed.
+            let landed = !guarded || self.dom("unguardClick()").await.map_or(true, |v| v != "missed");
+            if landed {
+                return Ok(el);
+            }
+            if Instant::now() >= deadline {
+                bail!("{target}: another element is where it was (the page kept moving until the step timeout)");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Navigates and waits for the load event. Refuses URLs outside the allowlist.
     pub async fn navigate(&self, url: &str, deadline: Instant) -> anyhow::Result<()> {
         if !self.allowlist.allows(url) {

@@ -54,8 +54,7 @@ pub async fn run(ctx: &mut RunContext, index: u32, step: &Step) -> anyhow::Resul
                 }
                 (selector, text, _, _) => {
                     let target = target_of(selector, text)?;
-                    let el = page.locate(&target, true, deadline).await?;
-                    page.click(el.x, el.y, &button, count).await?;
+                    let el = page.click_element(&target, &button, count, deadline).await?;
                     acted = Some((
                         "click",
                         target.describe(),
