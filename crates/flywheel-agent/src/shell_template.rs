@@ -244,194 +244,160 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
         }
         let next = if value_next { None } else { after.chars().next() };
         let mut advance = c.len_utf8();
-        match &context {
-            Context::Single => {
-                if c == '\'' {
-                    stack.pop();
-                }
+        // `$((`, `$(` and `${` open the same contexts wherever `$` expands.
+        let expands = match &context {
+            Context::Single | Context::Comment | Context::Arithmetic(_) => false,
+            Context::HereDoc(doc) => !doc.literal,
+            _ => true,
+        };
+        if let Some((opened, len)) = expands.then(|| expansion_at(rest)).flatten() {
+            if matches!(context, Context::HereDoc(_)) {
+                doc_line.push_str(&rest[..len]);
             }
-            Context::Comment => {
-                if c == '\n' {
-                    stack.pop();
-                    if stack.last() == Some(&Context::Evaluated(Evaluated::Let)) {
+            stack.push(opened);
+            advance = len;
+        } else {
+            match &context {
+                Context::Single => {
+                    if c == '\'' {
                         stack.pop();
                     }
-                    if let Some(doc) = start_pending(&mut pending) {
-                        stack.push(Context::HereDoc(doc));
-                    }
                 }
-            }
-            Context::HereDoc(doc) => {
-                if !doc.literal && c == '\\' {
-                    if let Some(n) = next {
-                        advance += n.len_utf8();
-                        doc_line.push(c);
-                        doc_line.push(n);
-                    }
-                } else if !doc.literal && rest.starts_with("$((") {
-                    doc_line.push_str("$((");
-                    advance += 2;
-                    stack.push(Context::Arithmetic(0));
-                } else if !doc.literal && c == '$' && next == Some('(') {
-                    doc_line.push_str("$(");
-                    advance += 1;
-                    stack.push(Context::Substitution(0));
-                } else if !doc.literal && c == '$' && next == Some('{') {
-                    doc_line.push_str("${");
-                    advance += 1;
-                    stack.push(Context::Parameter(0));
-                } else if !doc.literal && c == '`' {
-                    doc_line.push(c);
-                    stack.push(Context::Backquote);
-                } else if c == '\n' {
-                    let doc = doc.clone();
-                    if end_doc_line(&doc, &mut doc_line, &mut doc_line_has_value)? {
+                Context::Comment => {
+                    if c == '\n' {
                         stack.pop();
-                        if let Some(next_doc) = start_pending(&mut pending) {
-                            stack.push(Context::HereDoc(next_doc));
+                        if stack.last() == Some(&Context::Evaluated(Evaluated::Let)) {
+                            stack.pop();
+                        }
+                        if let Some(doc) = start_pending(&mut pending) {
+                            stack.push(Context::HereDoc(doc));
                         }
                     }
-                } else {
-                    doc_line.push(c);
                 }
-            }
-            Context::Arithmetic(depth) => match c {
-                '(' => stack.push(Context::Arithmetic(depth + 1)),
-                ')' if *depth > 0 => {
-                    stack.pop();
-                }
-                ')' if rest.starts_with("))") => {
-                    advance += 1;
-                    stack.pop();
-                    closes_word_part = true;
-                }
-                _ => {}
-            },
-            Context::Parameter(depth) => match c {
-                '\\' => advance += next.map_or(0, char::len_utf8),
-                '{' => stack.push(Context::Parameter(depth + 1)),
-                '}' => {
-                    stack.pop();
-                }
-                '"' => stack.push(Context::Double),
-                // Inside double quotes, a single quote in ${ … } is literal.
-                '\'' if !stack.contains(&Context::Double) => stack.push(Context::Single),
-                '$' if rest.starts_with("$((") => {
-                    advance += 2;
-                    stack.push(Context::Arithmetic(0));
-                }
-                '$' if next == Some('(') => {
-                    advance += 1;
-                    stack.push(Context::Substitution(0));
-                }
-                '$' if next == Some('{') => {
-                    advance += 1;
-                    stack.push(Context::Parameter(0));
-                }
-                '`' => stack.push(Context::Backquote),
-                _ => {}
-            },
-            Context::Double => match c {
-                '\\' => advance += next.map_or(0, char::len_utf8),
-                '"' => {
-                    stack.pop();
-                }
-                '$' if next == Some('{') => {
-                    advance += 1;
-                    stack.push(Context::Parameter(0));
-                }
-                '$' if rest.starts_with("$((") => {
-                    advance += 2;
-                    stack.push(Context::Arithmetic(0));
-                }
-                '$' if next == Some('(') => {
-                    advance += 1;
-                    stack.push(Context::Substitution(0));
-                }
-                '`' => stack.push(Context::Backquote),
-                _ => {}
-            },
-            Context::Unquoted | Context::Substitution(_) | Context::Backquote | Context::Evaluated(_) => match c {
-                ']' if context == Context::Evaluated(Evaluated::Test) && rest.starts_with("]]") => {
-                    advance += 1;
-                    stack.pop();
-                }
-                ')' if context == Context::Evaluated(Evaluated::Arithmetic) && rest.starts_with("))") => {
-                    advance += 1;
-                    stack.pop();
-                }
-                '\\' => advance += next.map_or(0, char::len_utf8),
-                '$' if next == Some('\'') => {
-                    ansi_c_quotes = true;
-                    advance += 1;
-                    stack.push(Context::Single);
-                }
-                '\'' => stack.push(Context::Single),
-                '"' => stack.push(Context::Double),
-                '#' if at_word_start => stack.push(Context::Comment),
-                'c' if at_word_start
-                    && stack.iter().any(|c| matches!(c, Context::Substitution(_)))
-                    && starts_word(rest, "case") =>
-                {
-                    case_in_substitution = true;
-                }
-                '[' if at_word_start && starts_word(rest, "[[") => {
-                    advance += 1;
-                    stack.push(Context::Evaluated(Evaluated::Test));
-                }
-                '(' if at_word_start && rest.starts_with("((") => {
-                    advance += 1;
-                    stack.push(Context::Evaluated(Evaluated::Arithmetic));
-                }
-                'l' if at_word_start && starts_word(rest, "let") => {
-                    advance += 2;
-                    stack.push(Context::Evaluated(Evaluated::Let));
-                }
-                '$' if next == Some('{') => {
-                    advance += 1;
-                    stack.push(Context::Parameter(0));
-                }
-                '$' if rest.starts_with("$((") => {
-                    advance += 2;
-                    stack.push(Context::Arithmetic(0));
-                }
-                '$' if next == Some('(') => {
-                    advance += 1;
-                    stack.push(Context::Substitution(0));
-                }
-                '`' if context == Context::Backquote => {
-                    stack.pop();
-                    closes_word_part = true;
-                }
-                '`' => stack.push(Context::Backquote),
-                '(' => {
-                    if let Some(Context::Substitution(depth)) = stack.last_mut() {
-                        *depth += 1;
+                Context::HereDoc(doc) => {
+                    if !doc.literal && c == '\\' {
+                        if let Some(n) = next {
+                            advance += n.len_utf8();
+                            doc_line.push(c);
+                            doc_line.push(n);
+                        }
+                    } else if !doc.literal && c == '`' {
+                        doc_line.push(c);
+                        stack.push(Context::Backquote);
+                    } else if c == '\n' {
+                        let doc = doc.clone();
+                        if end_doc_line(&doc, &mut doc_line, &mut doc_line_has_value)? {
+                            stack.pop();
+                            if let Some(next_doc) = start_pending(&mut pending) {
+                                stack.push(Context::HereDoc(next_doc));
+                            }
+                        }
+                    } else {
+                        doc_line.push(c);
                     }
                 }
-                ')' => match stack.last_mut() {
-                    Some(Context::Substitution(0)) => {
+                Context::Arithmetic(depth) => match c {
+                    '(' => stack.push(Context::Arithmetic(depth + 1)),
+                    ')' if *depth > 0 => {
+                        stack.pop();
+                    }
+                    ')' if rest.starts_with("))") => {
+                        advance += 1;
                         stack.pop();
                         closes_word_part = true;
                     }
-                    Some(Context::Substitution(depth)) => *depth -= 1,
                     _ => {}
                 },
-                '<' if next == Some('<') && !rest.starts_with("<<<") => {
-                    let (doc, len) = read_heredoc_operator(&rendered[i..], nonce)?;
-                    out.push_str(&rendered[i..i + len]);
-                    i += len;
-                    pending.push(doc);
-                    at_word_start = false;
-                    continue;
-                }
-                '\n' => {
-                    if let Some(doc) = start_pending(&mut pending) {
-                        stack.push(Context::HereDoc(doc));
+                Context::Parameter(depth) => match c {
+                    '\\' => advance += next.map_or(0, char::len_utf8),
+                    '{' => stack.push(Context::Parameter(depth + 1)),
+                    '}' => {
+                        stack.pop();
                     }
-                }
-                _ => {}
-            },
+                    '"' => stack.push(Context::Double),
+                    // Inside double quotes, a single quote in ${ … } is literal.
+                    '\'' if !stack.contains(&Context::Double) => stack.push(Context::Single),
+                    '`' => stack.push(Context::Backquote),
+                    _ => {}
+                },
+                Context::Double => match c {
+                    '\\' => advance += next.map_or(0, char::len_utf8),
+                    '"' => {
+                        stack.pop();
+                    }
+                    '`' => stack.push(Context::Backquote),
+                    _ => {}
+                },
+                Context::Unquoted | Context::Substitution(_) | Context::Backquote | Context::Evaluated(_) => match c {
+                    ']' if context == Context::Evaluated(Evaluated::Test) && rest.starts_with("]]") => {
+                        advance += 1;
+                        stack.pop();
+                    }
+                    ')' if context == Context::Evaluated(Evaluated::Arithmetic) && rest.starts_with("))") => {
+                        advance += 1;
+                        stack.pop();
+                    }
+                    '\\' => advance += next.map_or(0, char::len_utf8),
+                    '$' if next == Some('\'') => {
+                        ansi_c_quotes = true;
+                        advance += 1;
+                        stack.push(Context::Single);
+                    }
+                    '\'' => stack.push(Context::Single),
+                    '"' => stack.push(Context::Double),
+                    '#' if at_word_start => stack.push(Context::Comment),
+                    'c' if at_word_start
+                        && stack.iter().any(|c| matches!(c, Context::Substitution(_)))
+                        && starts_word(rest, "case") =>
+                    {
+                        case_in_substitution = true;
+                    }
+                    '[' if at_word_start && starts_word(rest, "[[") => {
+                        advance += 1;
+                        stack.push(Context::Evaluated(Evaluated::Test));
+                    }
+                    '(' if at_word_start && rest.starts_with("((") => {
+                        advance += 1;
+                        stack.push(Context::Evaluated(Evaluated::Arithmetic));
+                    }
+                    'l' if at_word_start && starts_word(rest, "let") => {
+                        advance += 2;
+                        stack.push(Context::Evaluated(Evaluated::Let));
+                    }
+                    '`' if context == Context::Backquote => {
+                        stack.pop();
+                        closes_word_part = true;
+                    }
+                    '`' => stack.push(Context::Backquote),
+                    '(' => {
+                        if let Some(Context::Substitution(depth)) = stack.last_mut() {
+                            *depth += 1;
+                        }
+                    }
+                    ')' => match stack.last_mut() {
+                        Some(Context::Substitution(0)) => {
+                            stack.pop();
+                            closes_word_part = true;
+                        }
+                        Some(Context::Substitution(depth)) => *depth -= 1,
+                        _ => {}
+                    },
+                    '<' if next == Some('<') && !rest.starts_with("<<<") => {
+                        let (doc, len) = read_heredoc_operator(&rendered[i..], nonce)?;
+                        out.push_str(&rendered[i..i + len]);
+                        i += len;
+                        pending.push(doc);
+                        at_word_start = false;
+                        continue;
+                    }
+                    '\n' => {
+                        if let Some(doc) = start_pending(&mut pending) {
+                            stack.push(Context::HereDoc(doc));
+                        }
+                    }
+                    _ => {}
+                },
+            }
         }
         let consumed = &rendered[i..i + advance];
         out.push_str(consumed);
@@ -449,6 +415,20 @@ pub fn quote_values(rendered: &str, nonce: u64, values: &[String]) -> Result<Str
         i += advance;
     }
     Ok(out)
+}
+
+/// The expansion (`$((`, `$(` or `${`) that starts `rest`: the context it
+/// opens and its length.
+fn expansion_at(rest: &str) -> Option<(Context, usize)> {
+    if rest.starts_with("$((") {
+        Some((Context::Arithmetic(0), 3))
+    } else if rest.starts_with("$(") {
+        Some((Context::Substitution(0), 2))
+    } else if rest.starts_with("${") {
+        Some((Context::Parameter(0), 2))
+    } else {
+        None
+    }
 }
 
 /// Whether `text` starts with the word `word` (followed by a blank, an
